@@ -1,0 +1,292 @@
+"""Configuration: dataclasses and presets.
+
+Every hyperparameter of the paper lives here, once. A run is described by one :class:`Config`
+(data, model, train, eval). Presets return a fully resolved config; ``--set key=value`` overrides any
+field with a dotted path (``train.lr_g=2e-4``, ``data.root=/data/cityscapes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message says what to change."""
+
+
+@dataclass
+class DataConfig:
+    """Where the label maps and photos come from and how they are prepared.
+
+    ``kind`` selects the loader: ``synthetic`` (embedded, procedural), ``cityscapes``, ``ade20k``,
+    ``coco``, ``gta2cityscapes`` or ``folder``. Label maps are int64 class ids in
+    ``[0, num_classes)``; ``dontcare`` (or ``None``) is the id that gets zero weight in the loss.
+    """
+
+    kind: str = "synthetic"
+    root: str = ""  # dataset root for the standard layouts (Cityscapes root for gta2cityscapes photos)
+    label_root: str = ""  # gta2cityscapes: GTA-V root (labels); empty -> same as root
+    labels: str = ""  # folder: directory of label PNGs
+    photos: str = ""  # folder: directory of photos
+    val_labels: str = ""  # folder: optional validation label PNGs
+    val_photos: str = ""  # folder: optional validation photos
+    class_file: str = ""  # folder: optional JSON/CSV with class names and colours
+    num_classes: int = 9
+    dontcare: int | None = 0
+    height: int = 64
+    width: int = 128
+    load_size: int = 0  # resize the short side to this before the random crop; 0 -> no crop
+    flip: bool = True
+    num_workers: int = 0
+    pin_memory: bool = True
+    skip_corrupt: bool = False  # skip (and report) unreadable files instead of failing
+    check_samples: int = 200  # files inspected by the pre-training check (0 -> all)
+    # synthetic preset
+    synthetic_train: int = 2000  # label maps and (independent) photos in the training streams
+    synthetic_val: int = 200
+    synthetic_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Network widths and switches. ``num_classes`` is filled from the data, never hard-coded."""
+
+    num_classes: int = 9
+    # generator (SPADE / OASIS with 3D noise)
+    g_ch: int = 64
+    z_dim: int = 64
+    g_norm: str = "batch"  # batch | syncbatch | instance
+    spectral_norm: bool = True
+    noise_3d: bool = True
+    spade_hidden: int = 128
+    # segmenter (OASIS U-Net)
+    s_ch: int = 64
+    s_extra_channel: bool = False  # the reference's unused "fake" output channel (for size parity only)
+    # discriminator
+    d_type: str = "wavelet"  # wavelet | whole | patch
+    d_ch: int = 64  # 64 -> the SWAGAN channel table with channel_multiplier 2 (max 512)
+    d_max_ch: int = 512
+    decoder: bool = True
+    dec_ch: int = 256  # widest decoder layer
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (Eq. 2-5 of the paper and the official defaults)."""
+
+    batch_size: int = 8
+    iters: int = 100_000
+    lr_g: float = 1e-4
+    lr_s: float = 4e-4
+    lr_d: float = 2e-3
+    beta1: float = 0.0
+    beta2: float = 0.999
+    lambda_seg: float = 1.0
+    lambda_rec: float = 1.0  # decoder L1 on real photos (D step)
+    r1_gamma: float = 10.0
+    r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
+    ema_decay: float = 0.9999
+    ema_bn_batches: int = 4  # batches used to refresh the EMA generator's BN statistics
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False
+    log_every: int = 10
+    sample_every: int = 1000
+    eval_every: int = 5000
+    ckpt_every: int = 1000
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 -> torch default
+
+
+@dataclass
+class EvalConfig:
+    """What periodic and final evaluation computes."""
+
+    metrics: str = "fid"  # comma list: fid, kid, miou, msssim (synthetic preset: miou, sfid)
+    num_images: int = 500  # validation label maps used by periodic evaluation (0 -> all)
+    batch_size: int = 16
+    fid_weights: str = ""  # path to the TF-FID Inception weights (pt_inception-2015-12-05-*.pth)
+    cache_dir: str = ""  # real-statistics cache; empty -> ~/.cache/usis
+    best_metric: str = "fid"  # tracked for best.pt (lower is better for fid/sfid, higher for miou)
+
+
+@dataclass
+class Config:
+    preset: str = "synthetic"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        def build(dc_type, values):
+            names = {f.name for f in dataclasses.fields(dc_type)}
+            unknown = set(values) - names
+            if unknown:
+                raise ConfigError(f"unknown config keys for {dc_type.__name__}: {sorted(unknown)}")
+            return dc_type(**values)
+
+        d = dict(d)
+        return cls(
+            preset=d.get("preset", "custom"),
+            data=build(DataConfig, d.get("data", {})),
+            model=build(ModelConfig, d.get("model", {})),
+            train=build(TrainConfig, d.get("train", {})),
+            eval=build(EvalConfig, d.get("eval", {})),
+        )
+
+    def sync(self) -> Config:
+        """Propagate values that one section owns to the others (class count from the data)."""
+        self.model.num_classes = self.data.num_classes
+        return self
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+def _cityscapes_like(preset: str, kind: str) -> Config:
+    cfg = Config(preset=preset)
+    cfg.data = DataConfig(kind=kind, num_classes=35, dontcare=0, height=256, width=512, load_size=0,
+                          num_workers=4)
+    # official Cityscapes defaults: lr_G 4e-4, lr_S 4e-4, lr_D 5 x 4e-4, EMA 0.999
+    cfg.train = TrainConfig(batch_size=8, iters=175_000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, ema_decay=0.999,
+                            sample_every=2000, eval_every=10_000, ckpt_every=2000)
+    cfg.eval = EvalConfig(metrics="fid", num_images=500)
+    return cfg
+
+
+def _preset_cityscapes() -> Config:
+    return _cityscapes_like("cityscapes", "cityscapes")
+
+
+def _preset_gta2cityscapes() -> Config:
+    return _cityscapes_like("gta2cityscapes", "gta2cityscapes")
+
+
+def _preset_ade20k() -> Config:
+    cfg = Config(preset="ade20k")
+    cfg.data = DataConfig(kind="ade20k", num_classes=151, dontcare=0, height=256, width=256, load_size=286,
+                          num_workers=8)
+    cfg.train = TrainConfig(batch_size=32, iters=300_000, lr_g=1e-4, lr_s=4e-4, lr_d=2e-3,
+                            ema_decay=0.9999, sample_every=2000, eval_every=10_000, ckpt_every=2000)
+    cfg.eval = EvalConfig(metrics="fid", num_images=2000)
+    return cfg
+
+
+def _preset_coco() -> Config:
+    cfg = _preset_ade20k()
+    cfg.preset = "coco"
+    cfg.data.kind = "coco"
+    cfg.data.num_classes = 183
+    cfg.eval.num_images = 5000
+    return cfg
+
+
+def _preset_folder() -> Config:
+    cfg = Config(preset="folder")
+    cfg.data = DataConfig(kind="folder", num_classes=0, dontcare=None, height=256, width=256, load_size=286,
+                          num_workers=4)
+    cfg.train = TrainConfig(batch_size=8, iters=100_000, lr_g=1e-4, lr_s=4e-4, lr_d=2e-3, ema_decay=0.999,
+                            sample_every=1000, eval_every=10_000, ckpt_every=1000)
+    cfg.eval = EvalConfig(metrics="fid", num_images=500)
+    return cfg
+
+
+def _preset_synthetic() -> Config:
+    """Small enough to visibly learn on a 2-core CPU within minutes (the README's demo)."""
+    cfg = Config(preset="synthetic")
+    cfg.data = DataConfig(kind="synthetic", num_classes=10, dontcare=0, height=64, width=128, load_size=0,
+                          flip=True, num_workers=0)
+    cfg.model = ModelConfig(g_ch=16, z_dim=32, spade_hidden=64, s_ch=16, d_ch=16, d_max_ch=128, dec_ch=64)
+    cfg.train = TrainConfig(batch_size=8, iters=1500, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, ema_decay=0.99,
+                            log_every=10, sample_every=250, eval_every=500, ckpt_every=250)
+    cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
+    return cfg
+
+
+PRESETS = {
+    "synthetic": _preset_synthetic,
+    "cityscapes": _preset_cityscapes,
+    "ade20k": _preset_ade20k,
+    "coco": _preset_coco,
+    "gta2cityscapes": _preset_gta2cityscapes,
+    "folder": _preset_folder,
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]().sync()
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={text}: expected true or false")
+    if isinstance(current, int) or (current is None and text.lstrip("-").isdigit()):
+        try:
+            return int(float(text)) if "e" in text.lower() else int(text)
+        except ValueError as e:
+            raise ConfigError(f"--set {key}={text}: expected an integer") from e
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError as e:
+            raise ConfigError(f"--set {key}={text}: expected a number") from e
+    return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """Apply ``section.field=value`` strings in order; unknown keys are errors, not silent no-ops."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr_g=2e-4")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set {key}: expected section.field with section one of data, model, train, eval")
+        section, name = parts
+        obj = getattr(cfg, section, None)
+        if obj is None or not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"--set {key}: unknown section {section!r} (data, model, train, eval)")
+        fields = {f.name for f in dataclasses.fields(obj)}
+        if name not in fields:
+            raise ConfigError(f"--set {key}: unknown field {name!r}; {section} has: {', '.join(sorted(fields))}")
+        setattr(obj, name, _parse_value(text.strip(), getattr(obj, name), key))
+    return cfg.sync()
+
+
+def validate(cfg: Config) -> None:
+    """Cheap structural checks that do not touch the data."""
+    d, m = cfg.data, cfg.model
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes={d.num_classes}: set the number of classes, "
+                          "e.g. --set data.num_classes=20")
+    if d.dontcare is not None and not 0 <= d.dontcare < d.num_classes:
+        raise ConfigError(f"data.dontcare={d.dontcare} is outside [0, {d.num_classes}); "
+                          "use --set data.dontcare=none for no don't-care class")
+    if d.height % 32 or d.width % 32:
+        raise ConfigError(f"image size {d.height}x{d.width}: height and width must be multiples of 32")
+    if m.g_norm not in ("batch", "syncbatch", "instance"):
+        raise ConfigError(f"model.g_norm={m.g_norm!r}: choose batch, syncbatch or instance")
+    if m.d_type not in ("wavelet", "whole", "patch"):
+        raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

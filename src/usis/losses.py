@@ -1,0 +1,68 @@
+"""USIS losses as pure functions (Eq. 2-5 of the paper).
+
+Images are ``N x 3 x H x W`` in [-1, 1]; label maps are int64 class ids ``N x H x W``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def class_balance_weights(labels: torch.Tensor, num_classes: int, dontcare: int | None = 0) -> torch.Tensor:
+    """Per-class weights of Eq. 4, computed on the batch.
+
+    ``alpha_c = P / (K * P_c)`` with ``P`` all pixels of the batch, ``P_c`` the pixels of class c and
+    ``K`` the number of classes present (don't-care excluded), as in the official code. Classes absent
+    from the batch and the don't-care id get weight 0. Returns a float tensor of length ``num_classes``.
+    """
+    counts = torch.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].to(torch.float32)
+    if dontcare is not None:
+        counts[dontcare] = 0.0
+    present = counts > 0
+    k = present.sum()
+    total = float(labels.numel())
+    weights = torch.zeros(num_classes, dtype=torch.float32, device=labels.device)
+    if k > 0:
+        weights[present] = total / (k.to(torch.float32) * counts[present])
+    return weights
+
+
+def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0) -> torch.Tensor:
+    """Class-balanced pixel cross entropy ``L_seg`` (Eq. 3): ``mean_pixels(alpha[m] * CE(S(x), m))``.
+
+    Args:
+        logits: ``N x C x H x W`` segmenter output.
+        labels: ``N x H x W`` int64 class ids in [0, C).
+        dontcare: class id weighted 0 (or ``None``).
+    A batch made only of don't-care pixels gives 0 (with a gradient path), never NaN.
+    """
+    num_classes = logits.shape[1]
+    weights = class_balance_weights(labels, num_classes, dontcare).to(logits.dtype)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (weights[labels] * ce).mean()
+
+
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic D loss: ``-log D(x) - log(1 - D(G(m)))`` with D = sigmoid(logits)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating G loss: ``-log D(G(m))``."""
+    return F.softplus(-fake_logits).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1: ``E ||grad_x D(x)||^2`` on real images (``real_images`` must require grad).
+
+    Returned without the ``gamma / 2`` factor; the caller scales it (and by the lazy interval).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
+def l1_reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of the decoder's reconstruction of real images."""
+    return (pred - target).abs().mean()
+

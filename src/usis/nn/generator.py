@@ -1,0 +1,115 @@
+"""SPADE generator (OASIS layout) with 3D noise.
+
+A 64-d noise vector per image (or a spatially varying noise map) is concatenated to the one-hot label
+map; that tensor feeds the first convolution at 1/32 of the output size and every SPADE layer.
+Six SPADE ResNet blocks with nearest x2 upsampling between them, widths ``[16, 16, 16, 8, 4, 2, 1] x ch``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from usis.nn.layers import SPADE, maybe_sn
+
+WIDTHS = (16, 16, 16, 8, 4, 2, 1)
+
+
+def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``N x H x W`` int64 class ids -> ``N x C x H x W`` one-hot, the generator's input."""
+    return F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(dtype)
+
+
+class SPADEResBlock(nn.Module):
+    """``x + conv(act(SPADE(conv(act(SPADE(x))))))`` with a learned 1x1 shortcut when widths differ."""
+
+    def __init__(self, cin: int, cout: int, cond: int, hidden: int, norm: str, sn: bool):
+        super().__init__()
+        mid = min(cin, cout)
+        self.norm_0 = SPADE(cin, cond, hidden, norm)
+        self.conv_0 = maybe_sn(nn.Conv2d(cin, mid, 3, padding=1), sn)
+        self.norm_1 = SPADE(mid, cond, hidden, norm)
+        self.conv_1 = maybe_sn(nn.Conv2d(mid, cout, 3, padding=1), sn)
+        self.learned_shortcut = cin != cout
+        if self.learned_shortcut:
+            self.norm_s = SPADE(cin, cond, hidden, norm)
+            self.conv_s = maybe_sn(nn.Conv2d(cin, cout, 1, bias=False), sn)
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        return shortcut + dx
+
+
+class Generator(nn.Module):
+    """Label map (+ noise) -> RGB image in [-1, 1].
+
+    Args:
+        num_classes: C, channels of the one-hot label map (don't-care included).
+        ch: base width (64 in the paper).
+        z_dim: noise channels (64 in the paper).
+        norm: parameter-free norm before SPADE: ``batch``, ``syncbatch`` or ``instance``.
+        spectral_norm: spectral norm on the residual convolutions.
+        noise_3d: concatenate noise to the label map (off: one image per label map).
+        spade_hidden: SPADE hidden width (128).
+    """
+
+    def __init__(self, num_classes: int, ch: int = 64, z_dim: int = 64, norm: str = "batch",
+                 spectral_norm: bool = True, noise_3d: bool = True, spade_hidden: int = 128):
+        super().__init__()
+        self.num_classes = num_classes
+        self.z_dim = z_dim if noise_3d else 0
+        cond = num_classes + self.z_dim
+        widths = [w * ch for w in WIDTHS]
+        self.fc = nn.Conv2d(cond, widths[0], 3, padding=1)
+        self.body = nn.ModuleList(
+            SPADEResBlock(widths[i], widths[i + 1], cond, spade_hidden, norm, spectral_norm)
+            for i in range(len(widths) - 1)
+        )
+        self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
+        self.downscale = 2 ** (len(self.body) - 1)  # 32: latent size = output size / 32
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """One noise vector per image, ``n x z_dim`` ~ N(0, I)."""
+        device = device if device is not None else self.fc.weight.device
+        return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+    def forward(self, label_onehot: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            label_onehot: ``N x C x H x W`` one-hot (float), H and W multiples of 32.
+            z: ``N x z_dim`` (broadcast over the image, as in the paper) or ``N x z_dim x h x w``
+               (a noise map, resized to H x W with nearest neighbours: a style per region).
+               ``None`` draws fresh noise.
+        Returns:
+            ``N x 3 x H x W`` in [-1, 1].
+        """
+        n, c, h, w = label_onehot.shape
+        if c != self.num_classes:
+            raise ValueError(f"generator expects {self.num_classes} label channels, got {c}")
+        if h % self.downscale or w % self.downscale:
+            raise ValueError(f"output size {h}x{w}: height and width must be multiples of {self.downscale}")
+        seg = label_onehot
+        if self.z_dim:
+            if z is None:
+                z = self.sample_noise(n, device=label_onehot.device)
+            z = z.to(label_onehot.dtype)
+            if z.dim() == 2:
+                z = z[:, :, None, None].expand(n, self.z_dim, h, w)
+            elif z.dim() == 4:
+                if z.shape[-2:] != (h, w):
+                    z = F.interpolate(z, size=(h, w), mode="nearest")
+            else:
+                raise ValueError(f"noise must be N x {self.z_dim} or N x {self.z_dim} x H x W, got {tuple(z.shape)}")
+            if z.shape[:2] != (n, self.z_dim):
+                raise ValueError(f"noise must have shape ({n}, {self.z_dim}, ...), got {tuple(z.shape)}")
+            seg = torch.cat((z, label_onehot), dim=1)
+        x = F.interpolate(seg, size=(h // self.downscale, w // self.downscale), mode="nearest")
+        x = self.fc(x)
+        for i, block in enumerate(self.body):
+            x = block(x, seg)
+            if i < len(self.body) - 1:
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))

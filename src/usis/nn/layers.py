@@ -1,0 +1,149 @@
+"""Building blocks shared by the networks: SPADE, StyleGAN2-style equalized layers, blur."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import spectral_norm as _spectral_norm
+
+
+def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
+    """Wrap ``module`` in spectral normalisation when ``enabled``."""
+    return _spectral_norm(module) if enabled else module
+
+
+def param_free_norm(kind: str, channels: int) -> nn.Module:
+    """The parameter-free normalisation in front of SPADE's modulation."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=False)
+    if kind == "syncbatch":
+        return nn.SyncBatchNorm(channels, affine=False)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False)
+    raise ValueError(f"unknown norm {kind!r}: choose batch, syncbatch or instance")
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive denormalisation: ``norm(x) * (1 + gamma(seg)) + beta(seg)``.
+
+    ``seg`` is the conditioning tensor (one-hot label map, with the 3D noise concatenated), resized
+    with nearest-neighbour interpolation to ``x``'s resolution.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = 128, norm: str = "batch"):
+        super().__init__()
+        self.norm = param_free_norm(norm, channels)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
+        self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        if seg.shape[-2:] != x.shape[-2:]:
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+        h = self.shared(seg)
+        return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
+
+
+# ---------------------------------------------------------------------- StyleGAN2-style layers (SWAGAN D)
+
+
+def _blur_kernel(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = k[:, None] * k[None, :]
+    return k / k.sum()
+
+
+class Blur(nn.Module):
+    """Depthwise FIR low-pass ``[1, 3, 3, 1]`` (outer product, normalised) with explicit padding and stride."""
+
+    def __init__(self, pad: tuple[int, int], stride: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", _blur_kernel(), persistent=False)
+        self.pad = pad
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        p0, p1 = self.pad
+        x = F.pad(x, (p0, p1, p0, p1))
+        w = self.kernel.to(x.dtype).expand(c, 1, *self.kernel.shape)
+        return F.conv2d(x, w, stride=self.stride, groups=c)
+
+
+class EqualConv2d(nn.Module):
+    """Conv with equalized learning rate: weights ~ N(0, 1), scaled by 1/sqrt(fan_in) at run time."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        self.scale = 1.0 / math.sqrt(cin * k * k)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding)
+
+
+class FusedLeakyReLU(nn.Module):
+    """Bias + leaky ReLU(0.2), scaled by sqrt(2) to keep unit variance."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return F.leaky_relu(x + self.bias.view(shape), 0.2) * math.sqrt(2.0)
+
+
+class EqualLinear(nn.Module):
+    def __init__(self, cin: int, cout: int, activate: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = 1.0 / math.sqrt(cin)
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight * self.scale)
+        out = out + self.bias
+        return F.leaky_relu(out, 0.2) * math.sqrt(2.0) if self.activate else out
+
+
+class ConvLayer(nn.Sequential):
+    """Equalized conv (optionally blur + stride-2 downsampling) followed by a fused leaky ReLU."""
+
+    def __init__(self, cin: int, cout: int, k: int, downsample: bool = False, activate: bool = True):
+        layers: list[nn.Module] = []
+        if downsample:
+            p = (4 - 2) + (k - 1)
+            layers.append(Blur(((p + 1) // 2, p // 2)))
+            layers.append(EqualConv2d(cin, cout, k, stride=2, padding=0, bias=not activate))
+        else:
+            layers.append(EqualConv2d(cin, cout, k, padding=k // 2, bias=not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(cout))
+        super().__init__(*layers)
+
+
+def blur_downsample(x: torch.Tensor) -> torch.Tensor:
+    """Anti-aliased x2 downsampling with the ``[1, 3, 3, 1]`` filter (StyleGAN2's Downsample)."""
+    c = x.shape[1]
+    w = _blur_kernel().to(device=x.device, dtype=x.dtype).expand(c, 1, 4, 4)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, groups=c)
+
+
+def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append one channel with the mean per-group feature stddev (StyleGAN2 minibatch-stddev).
+
+    The group is the largest divisor of the batch not above ``group``, so any batch size works.
+    """
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+    y = x.view(g, -1, c, h, w)
+    y = torch.sqrt(y.var(0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (n/g,)
+    y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)
+    return torch.cat((x, y), dim=1)

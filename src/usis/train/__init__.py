@@ -1,0 +1,1 @@
+"""Training: the USIS step (G, S, D + decoder), EMA, checkpoints, monitoring."""

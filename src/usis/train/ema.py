@@ -1,0 +1,51 @@
+"""Exponential moving average of the generator, with batch-norm statistics refreshed before use."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema = d * ema + (1 - d) * model`` for parameters; buffers (BN stats, spectral-norm vectors) copied.
+
+    The decay is warmed up as ``min(decay, (1 + step) / (10 + step))`` so that short runs (and the
+    start of long ones) are not dominated by the random initial weights.
+    """
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm.detach(), 1.0 - d)
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+        be.copy_(bm)
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, inputs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Recompute BN running statistics of ``model`` as the plain average over ``inputs``.
+
+    ``inputs`` yields ``(label_onehot, noise)`` pairs. The model is left in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        model.eval()
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    model.train()
+    for onehot, z in inputs:
+        model(onehot, z)
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    model.eval()

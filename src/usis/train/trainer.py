@@ -1,0 +1,426 @@
+"""The USIS training loop.
+
+One iteration (:meth:`Trainer.train_step`) is Eq. 2 of the paper, top to bottom:
+
+1. G step:  ``L_G = lambda_seg * L_seg(m, S(G(m))) + L_adv_G(D(G(m)))``
+2. S step:  ``L_S = L_seg(m, S(G(m)))`` with G's output detached (S never sees real photos)
+3. D step:  ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``, plus the lazy R1
+   penalty on real photos every ``r1_every`` steps (scaled by the interval, StyleGAN2 style)
+4. EMA update of G.
+
+Label maps ``m`` and photos ``x`` come from two independent streams: they never correspond.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from usis.config import Config
+from usis.losses import class_balanced_ce, d_logistic_loss, g_nonsaturating_loss, l1_reconstruction, r1_penalty
+from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
+from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from usis.train.ema import make_ema, refresh_batchnorm, update_ema
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Networks:
+    G: Generator
+    G_ema: Generator
+    S: Segmenter
+    D: nn.Module
+    decoder: Decoder | None
+
+    def named(self) -> dict[str, nn.Module]:
+        nets = {"G": self.G, "G_ema": self.G_ema, "S": self.S, "D": self.D}
+        if self.decoder is not None:
+            nets["decoder"] = self.decoder
+        return nets
+
+
+def build_generator(cfg: Config) -> Generator:
+    m = cfg.model
+    return Generator(m.num_classes, ch=m.g_ch, z_dim=m.z_dim, norm=m.g_norm, spectral_norm=m.spectral_norm,
+                     noise_3d=m.noise_3d, spade_hidden=m.spade_hidden)
+
+
+def build_networks(cfg: Config) -> Networks:
+    """All networks of a run, sized from the config (the class count comes from the data)."""
+    m, d = cfg.model, cfg.data
+    G = build_generator(cfg)
+    S = Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel)
+    D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch)
+    dec = Decoder(D.feature_channels, D.feature_strides, max_ch=m.dec_ch) if m.decoder else None
+    return Networks(G=G, G_ema=make_ema(G), S=S, D=D, decoder=dec)
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu")
+    return dev
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM: finish the current step, save, exit 0. A second signal aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class Trainer:
+    """Owns the networks, optimizers, data streams and the order of the updates.
+
+    Args:
+        cfg: the resolved run configuration.
+        out_dir: run folder (``checkpoints/``, ``samples/``, ``stats.jsonl``, ``metrics.jsonl``, TensorBoard).
+        data: a ``usis.data`` bundle pair ``(train, val)``; built from ``cfg`` when omitted.
+        rank / world_size: for distributed runs; all file output happens on rank 0 only.
+    """
+
+    def __init__(self, cfg: Config, out_dir: str | Path, data=None, rank: int = 0, world_size: int = 1,
+                 evaluator=None, progress: bool = True):
+        from usis.data.unpaired import make_loaders
+
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        torch.manual_seed(cfg.train.seed + rank)
+
+        if data is None:
+            from usis.data import build_datasets
+
+            data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
+        self.train_data, self.val_data = data
+        self.dontcare = self.train_data.dontcare
+        self.num_classes = self.train_data.num_classes
+        if self.num_classes != cfg.model.num_classes:
+            raise ValueError(f"dataset has {self.num_classes} classes but model.num_classes="
+                             f"{cfg.model.num_classes}; set --set data.num_classes={self.num_classes}")
+
+        self.nets = build_networks(cfg)
+        for net in self.nets.named().values():
+            net.to(self.device)
+        t = cfg.train
+        betas = (t.beta1, t.beta2)
+        d_params = list(self.nets.D.parameters())
+        if self.nets.decoder is not None:  # the decoder trains with D (the reference forgot this)
+            d_params += list(self.nets.decoder.parameters())
+        self.opt_g = torch.optim.Adam(self.nets.G.parameters(), lr=t.lr_g, betas=betas)
+        self.opt_s = torch.optim.Adam(self.nets.S.parameters(), lr=t.lr_s, betas=betas)
+        self.opt_d = torch.optim.Adam(d_params, lr=t.lr_d, betas=betas)
+
+        self.loaders = make_loaders(self.train_data, batch_size=t.batch_size, seed=t.seed,
+                                    num_workers=cfg.data.num_workers,
+                                    pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
+                                    distributed=world_size > 1)
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.evaluator = evaluator
+        self._writer = None
+        self._fixed = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _autocast(self):
+        enabled = self.cfg.train.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    @staticmethod
+    def _requires_grad(net: nn.Module | None, flag: bool) -> None:
+        if net is not None:
+            net.requires_grad_(flag)
+
+    # -------------------------------------------------------------------------------------- the step
+
+    def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, float]:
+        """One USIS iteration on a label batch ``m`` (N x H x W ids) and an UNRELATED photo batch ``x``."""
+        G, S, D, dec = self.nets.G, self.nets.S, self.nets.D, self.nets.decoder
+        t = self.cfg.train
+        m = one_hot_labels(labels, self.num_classes)
+        out: dict[str, float] = {}
+
+        # 1. generator: fool D and keep every class recognisable for S
+        self._requires_grad(G, True)
+        self._requires_grad(S, False)
+        self._requires_grad(D, False)
+        with self._autocast():
+            fake = G(m)
+            loss_g_seg = class_balanced_ce(S(fake).float(), labels, self.dontcare)
+            loss_g_adv = g_nonsaturating_loss(D(fake).float())
+            loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        fake = fake.detach()
+
+        # 2. segmenter: learn to segment the generated images (never the real photos)
+        self._requires_grad(S, True)
+        with self._autocast():
+            loss_s = class_balanced_ce(S(fake).float(), labels, self.dontcare)
+        self.opt_s.zero_grad(set_to_none=True)
+        loss_s.backward()
+        self.opt_s.step()
+
+        # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
+        self._requires_grad(D, True)
+        self._requires_grad(dec, True)
+        do_r1 = t.r1_every > 0 and t.r1_gamma > 0 and self.step % t.r1_every == 0
+        real = photos.detach().requires_grad_(do_r1)
+        with self._autocast():
+            real_logits, feats = D(real, return_features=True)
+            fake_logits = D(fake)
+            loss_d_adv = d_logistic_loss(real_logits.float(), fake_logits.float())
+            loss_d = loss_d_adv
+            if dec is not None:
+                loss_rec = l1_reconstruction(dec(feats).float(), photos)
+                loss_d = loss_d + t.lambda_rec * loss_rec
+                out["loss_rec"] = loss_rec.item()
+        if do_r1:
+            r1 = r1_penalty(real_logits.float(), real)
+            loss_d = loss_d + (t.r1_gamma / 2) * r1 * t.r1_every
+            out["r1"] = r1.item()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # 4. EMA of the generator
+        update_ema(self.nets.G_ema, G, t.ema_decay, self.step)
+        self.step += 1
+
+        out.update(loss_g=loss_g.item(), loss_g_seg=loss_g_seg.item(), loss_g_adv=loss_g_adv.item(),
+                   loss_s=loss_s.item(), loss_d=loss_d_adv.item(),
+                   d_real=real_logits.detach().float().mean().item(),
+                   d_fake=fake_logits.detach().float().mean().item())
+        return out
+
+    # ------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "best": dict(self.best),
+            "rng": rng_state(),
+            "loaders": self.loaders.state_dict(),
+            "optim": {"G": self.opt_g.state_dict(), "S": self.opt_s.state_dict(), "D": self.opt_d.state_dict()},
+            "amp_scaler": None,  # bf16 autocast needs no loss scaling
+        }
+        for name, net in self.nets.named().items():
+            state[name] = net.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, net in self.nets.named().items():
+            if name not in state:
+                raise KeyError(f"checkpoint has no {name!r} weights")
+            net.load_state_dict(state[name])
+        self.opt_g.load_state_dict(state["optim"]["G"])
+        self.opt_s.load_state_dict(state["optim"]["S"])
+        self.opt_d.load_state_dict(state["optim"]["D"])
+        self.loaders.load_state_dict(state["loaders"])
+        self.step = int(state["step"])
+        self.best = dict(state.get("best", {}))
+        set_rng_state(state["rng"])
+
+    def save(self, name: str = "latest") -> Path:
+        path = self.out / "checkpoints" / f"{name}.pt"
+        if self.is_main:
+            save_atomic(self.state_dict(), path)
+        return path
+
+    def resume(self, path: str | Path | None = None) -> None:
+        path = Path(path) if path is not None else self.out / "checkpoints" / "latest.pt"
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+    # ------------------------------------------------------------------------------------ sampling
+
+    def _fixed_batch(self, n: int = 4):
+        """A fixed set of label maps and real photos for sample grids (validation split, first items)."""
+        if self._fixed is None:
+            labels = torch.stack([self.val_data.labels[i]["label"] for i in range(min(n, len(self.val_data.labels)))])
+            photos = torch.stack([self.val_data.photos[i]["image"] for i in range(min(n, len(self.val_data.photos)))])
+            self._fixed = (labels, photos)
+        return self._fixed
+
+    def _noise(self, n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, max(self.nets.G.z_dim, 1), generator=g)[:, : self.nets.G.z_dim].to(self.device)
+
+    @torch.no_grad()
+    def refresh_ema_bn(self) -> None:
+        """Recompute the EMA generator's BN statistics on the first training label batches (fixed noise)."""
+        n = self.cfg.train.ema_bn_batches
+        bs = self.cfg.train.batch_size
+        ds = self.train_data.labels
+        batches = []
+        for b in range(n):
+            idx = [(b * bs + i) % len(ds) for i in range(bs)]
+            labels = torch.stack([ds[i]["label"] for i in idx]).to(self.device)
+            batches.append((one_hot_labels(labels, self.num_classes), self._noise(bs, 10_000 + b)))
+        refresh_batchnorm(self.nets.G_ema, batches)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, seed: int, batch_size: int = 16) -> torch.Tensor:
+        """EMA generator images for ``labels`` (N x H x W) with noise from ``seed``; returned on the CPU."""
+        G = self.nets.G_ema.eval()
+        z = self._noise(len(labels), seed)
+        outs = []
+        for i in range(0, len(labels), batch_size):
+            m = one_hot_labels(labels[i:i + batch_size].to(self.device), self.num_classes)
+            outs.append(G(m, z[i:i + batch_size]).float().cpu())
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def sample_grid(self) -> Path | None:
+        """``samples/step_XXXXXXX.png``: label | EMA samples for 3 noise seeds | real photos (one row per map)."""
+        if not self.is_main:
+            return None
+        from usis.train.monitor import colorize, save_grid
+
+        self.refresh_ema_bn()
+        labels, photos = self._fixed_batch()
+        cols = [colorize(labels, self.train_data.palette)]
+        cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
+        cols.append(photos[: len(labels)])
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        grid = save_grid(cols, path)
+        if self.writer is not None:
+            self.writer.add_image("samples", grid, self.step)
+        return path
+
+    # ------------------------------------------------------------------------------------ logging
+
+    @property
+    def writer(self):
+        if self._writer is None and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but logging must never kill training
+                self._writer = False
+            else:
+                self._writer = SummaryWriter(str(self.out / "tb"))
+        return self._writer or None
+
+    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.out / name, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_evaluation(self) -> dict[str, float] | None:
+        if self.evaluator is None or not self.is_main:
+            return None
+        self.refresh_ema_bn()
+        metrics = self.evaluator(self)
+        record = {"step": self.step, **metrics}
+        self._append_jsonl("metrics.jsonl", record)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self.writer.add_scalar(f"eval/{k}", v, self.step)
+        key = self.cfg.eval.best_metric
+        if key in metrics:
+            higher = key in ("miou",)
+            old = self.best.get(key)
+            if old is None or (metrics[key] > old if higher else metrics[key] < old):
+                self.best = {key: metrics[key], "step": self.step}
+                self.save("best")
+        return metrics
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self, iters: int | None = None, eval_at_start: bool = True) -> dict[str, Any]:
+        """Train until ``iters`` total iterations (default ``cfg.train.iters``); returns a summary."""
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        total = iters if iters is not None else t.iters
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(self.cfg.to_json())
+        summary: dict[str, Any] = {"start_step": self.step, "interrupted": False}
+        if eval_at_start and self.step == 0:
+            summary["initial_metrics"] = self.run_evaluation()
+        bar = tqdm(total=total, initial=self.step, disable=not (self.progress and self.is_main),
+                   dynamic_ncols=True, desc="usis", file=sys.stderr)
+        t0, s0 = time.time(), self.step
+        last = {}
+        with _StopFlag() as stop:
+            while self.step < total:
+                labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
+                photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
+                last = self.train_step(labels, photos)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == total:
+                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k in ("loss_g_seg", "loss_g_adv",
+                                                                                      "loss_s", "loss_d")})
+                    self._append_jsonl("stats.jsonl", {"step": self.step, "it_s": rate, **last})
+                    if self.writer is not None:
+                        for k, v in last.items():
+                            self.writer.add_scalar(f"train/{k}", v, self.step)
+                if t.sample_every and self.step % t.sample_every == 0:
+                    self.sample_grid()
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < total:
+                    self.run_evaluation()
+                if t.ckpt_every and self.step % t.ckpt_every == 0:
+                    self.save("latest")
+                if stop.requested:
+                    summary["interrupted"] = True
+                    break
+        bar.close()
+        self.save("latest")
+        if not summary["interrupted"]:
+            if not (t.sample_every and self.step % t.sample_every == 0):
+                self.sample_grid()
+            summary["final_metrics"] = self.run_evaluation()
+        summary["step"] = self.step
+        summary["seconds"] = time.time() - t0
+        if self._writer:
+            self._writer.flush()
+        return summary

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from usis.losses import (
+    class_balance_weights,
+    class_balanced_ce,
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    l1_reconstruction,
+    r1_penalty,
+)
+
+
+def test_class_balance_weights_match_hand_computation():
+    # 1 x 4 x 4 map, 4 classes, id 0 = don't care
+    labels = torch.tensor([[[0, 0, 1, 1],
+                            [1, 1, 1, 1],
+                            [2, 2, 1, 1],
+                            [2, 2, 1, 1]]])
+    # P = 16 pixels; present (non-don't-care): class 1 (10 px), class 2 (4 px) -> K = 2
+    w = class_balance_weights(labels, num_classes=4, dontcare=0)
+    expected = torch.tensor([0.0, 16 / (2 * 10), 16 / (2 * 4), 0.0])
+    assert torch.allclose(w, expected)
+
+
+def test_class_balance_without_dontcare():
+    labels = torch.tensor([[[0, 1], [1, 1]]])
+    w = class_balance_weights(labels, num_classes=2, dontcare=None)
+    assert torch.allclose(w, torch.tensor([4 / (2 * 1), 4 / (2 * 3)]))
+
+
+def test_class_balanced_ce_equals_weighted_mean_by_hand():
+    torch.manual_seed(0)
+    labels = torch.tensor([[[0, 1, 1, 2]]])  # 1 x 1 x 4
+    logits = torch.randn(1, 3, 1, 4)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")[0, 0]
+    # P = 4, K = 2 (classes 1, 2), alpha_1 = 4/(2*2) = 1, alpha_2 = 4/(2*1) = 2, alpha_0 = 0
+    expected = (0 * ce[0] + 1 * ce[1] + 1 * ce[2] + 2 * ce[3]) / 4
+    assert class_balanced_ce(logits, labels, dontcare=0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_all_dontcare_batch_gives_zero_not_nan():
+    logits = torch.randn(2, 5, 4, 4, requires_grad=True)
+    loss = class_balanced_ce(logits, torch.zeros(2, 4, 4, dtype=torch.long), dontcare=0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_logistic_losses():
+    zeros = torch.zeros(4)
+    assert d_logistic_loss(zeros, zeros).item() == pytest.approx(2 * math.log(2))
+    assert g_nonsaturating_loss(zeros).item() == pytest.approx(math.log(2))
+    # a confident, correct D has small loss; G's loss grows when D rejects fakes
+    assert d_logistic_loss(torch.full((4,), 10.0), torch.full((4,), -10.0)).item() < 1e-3
+    assert g_nonsaturating_loss(torch.full((4,), -10.0)).item() > 9.9
+
+
+def test_r1_equals_analytic_gradient_norm_of_quadratic_discriminator():
+    torch.manual_seed(0)
+    a = torch.randn(3, 4, 4)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    logits = (a * x.pow(2)).sum(dim=(1, 2, 3))  # D(x) = sum a x^2 -> grad = 2 a x
+    expected = (2 * a * x.detach()).pow(2).sum(dim=(1, 2, 3)).mean()
+    assert r1_penalty(logits, x).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_l1_reconstruction():
+    assert l1_reconstruction(torch.ones(1, 3, 2, 2), -torch.ones(1, 3, 2, 2)).item() == pytest.approx(2.0)

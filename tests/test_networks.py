@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from usis.losses import class_balanced_ce, d_logistic_loss, g_nonsaturating_loss, l1_reconstruction, r1_penalty
+from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
+
+SIZES = [(64, 64), (64, 128), (256, 256), (256, 512)]
+C = 5
+
+
+def small_generator(**kw):
+    args = dict(ch=2, z_dim=8, spade_hidden=8)
+    args.update(kw)
+    return Generator(C, **args)
+
+
+def onehot(n, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return one_hot_labels(torch.randint(0, C, (n, h, w), generator=g), C)
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("n", [1, 2])
+def test_generator_and_segmenter_shapes(h, w, n):
+    G, S = small_generator(), Segmenter(C, ch=2)
+    x = G(onehot(n, h, w))
+    assert x.shape == (n, 3, h, w)
+    assert x.min() >= -1 and x.max() <= 1
+    assert S(x).shape == (n, C, h, w)
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("kind", ["wavelet", "whole", "patch"])
+def test_discriminator_and_decoder_shapes(h, w, n, kind):
+    D = build_discriminator(kind, h, w, ch=4, max_ch=16)
+    dec = Decoder(D.feature_channels, D.feature_strides, max_ch=16)
+    x = torch.rand(n, 3, h, w) * 2 - 1
+    logits, feats = D(x, return_features=True)
+    if kind == "patch":
+        assert logits.shape == (n, 1, h // 8, w // 8)
+    else:
+        assert logits.shape == (n,)  # whole image: one score per image
+    assert [f.shape[1] for f in feats] == D.feature_channels
+    assert [h // f.shape[2] for f in feats] == D.feature_strides
+    rec = dec(feats)
+    assert rec.shape == (n, 3, h, w) and rec.abs().max() <= 1
+
+
+def test_same_noise_same_image_different_noise_different_image():
+    torch.manual_seed(0)
+    G = small_generator().eval()
+    m = onehot(2, 64, 64)
+    z1, z2 = torch.randn(2, 8), torch.randn(2, 8)
+    a, b, c = G(m, z1), G(m, z1.clone()), G(m, z2)
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-4
+
+
+def test_spatial_noise_gives_regions_their_own_style():
+    torch.manual_seed(0)
+    G = small_generator().eval()
+    m = onehot(1, 64, 64)
+    z = torch.randn(1, 8)
+    zmap = z[:, :, None, None].expand(1, 8, 64, 64).clone()
+    assert torch.allclose(G(m, zmap), G(m, z), atol=1e-6)  # a constant map equals the broadcast vector
+    zmap[:, :, :, 32:] = torch.randn(1, 8, 1, 1)  # new style for the right half only
+    x0, x1 = G(m, z), G(m, zmap)
+    left = (x0 - x1)[..., :16].abs().mean()
+    right = (x0 - x1)[..., 40:].abs().mean()
+    assert right > 1e-4 and right > left  # early layers mix globally; the changed half changes most
+    # a coarse noise map (e.g. one per region, 4 x 4 cells) is resized to the output
+    assert G(m, torch.randn(1, 8, 4, 4)).shape == (1, 3, 64, 64)
+
+
+def test_without_3d_noise_the_output_is_deterministic():
+    G = small_generator(noise_3d=False).eval()
+    m = onehot(1, 64, 64)
+    assert torch.equal(G(m), G(m))
+
+
+def test_generator_rejects_bad_inputs_with_clear_messages():
+    G = small_generator()
+    with pytest.raises(ValueError, match="label channels"):
+        G(torch.zeros(1, C + 1, 64, 64))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        G(onehot(1, 48, 64))
+    with pytest.raises(ValueError, match="noise"):
+        G(onehot(1, 64, 64), torch.zeros(1, 8, 2))
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_generator_norm_options(norm):
+    G = small_generator(norm=norm, spectral_norm=False)
+    assert G(onehot(2, 64, 64)).shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("kind", ["wavelet", "whole", "patch"])
+def test_one_backward_through_all_losses_reaches_every_parameter(kind):
+    torch.manual_seed(0)
+    h, w = 64, 128
+    G, S = small_generator(), Segmenter(C, ch=2)
+    D = build_discriminator(kind, h, w, ch=4, max_ch=16)
+    dec = Decoder(D.feature_channels, D.feature_strides, max_ch=16)
+    labels = torch.randint(0, C, (2, h, w))
+    real = (torch.rand(2, 3, h, w) * 2 - 1).requires_grad_(True)
+    fake = G(one_hot_labels(labels, C))
+    loss_g = class_balanced_ce(S(fake), labels) + g_nonsaturating_loss(D(fake))
+    loss_s = class_balanced_ce(S(fake.detach()), labels)
+    real_logits, feats = D(real, return_features=True)
+    loss_d = d_logistic_loss(real_logits, D(fake.detach())) + l1_reconstruction(dec(feats), real)
+    loss_d = loss_d + r1_penalty(real_logits, real)
+    (loss_g + loss_s + loss_d).backward()
+    for name, net in {"G": G, "S": S, "D": D, "decoder": dec}.items():
+        for pname, p in net.named_parameters():
+            assert p.grad is not None, f"{name}.{pname} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{name}.{pname} got a zero gradient"
+
+
+def test_minibatch_stddev_handles_any_batch_size():
+    D = build_discriminator("wavelet", 64, 64, ch=4, max_ch=16)
+    for n in (1, 2, 3, 5, 6):
+        assert D(torch.zeros(n, 3, 64, 64)).shape == (n,)
