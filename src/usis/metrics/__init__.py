@@ -1,0 +1,1 @@
+"""usis.metrics."""
