@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from usis.losses import class_balanced_ce, d_logistic_loss, g_nonsaturating_loss, l1_reconstruction, r1_penalty
+from usis.losses import (
+    class_balanced_ce,
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    l1_reconstruction,
+    r1_penalty,
+)
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
 
 SIZES = [(64, 64), (64, 128), (256, 256), (256, 512)]

@@ -98,6 +98,7 @@ class TrainConfig:
     eval_every: int = 5000
     ckpt_every: int = 1000
     num_threads: int = 0  # torch intra-op threads on CPU; 0 -> torch default
+    max_seconds: float = 0.0  # stop training (then save and evaluate) after this wall time; 0 -> no limit
 
 
 @dataclass

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from usis.config import Config
-from usis.losses import class_balanced_ce, d_logistic_loss, g_nonsaturating_loss, l1_reconstruction, r1_penalty
+from usis.losses import (
+    class_balanced_ce,
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    l1_reconstruction,
+    r1_penalty,
+)
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
 from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from usis.train.ema import make_ema, refresh_batchnorm, update_ema
@@ -412,6 +418,9 @@ class Trainer:
                     self.save("latest")
                 if stop.requested:
                     summary["interrupted"] = True
+                    break
+                if t.max_seconds and time.time() - t0 > t.max_seconds:
+                    summary["time_budget_reached"] = True
                     break
         bar.close()
         self.save("latest")
