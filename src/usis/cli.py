@@ -107,6 +107,47 @@ def cmd_data_check(args) -> int:
     return run_check(cfg, json_out=args.json)
 
 
+# ---------------------------------------------------------------------------------------------- generate
+
+
+def cmd_generate(args) -> int:
+    from usis.generate import GenerateError, generate_from_files, load_generator, resolve_device
+
+    gen = load_generator(args.checkpoint, resolve_device(args.device))
+    if args.num_classes is not None and args.num_classes != gen.num_classes:
+        raise GenerateError(f"--num-classes {args.num_classes}: this generator was trained with {gen.num_classes} "
+                            f"classes (ids 0..{gen.num_classes - 1}) and accepts no other count; use label maps of "
+                            "its label set, or drop --num-classes")
+    paths = generate_from_files(gen, args.labels, args.out, n=args.n, seed=args.seed, colorize=args.colorize,
+                                local_style=args.local_style, batch_size=args.batch_size)
+    maps = len(paths) // args.n
+    print(f"wrote {len(paths)} images ({maps} label map{'s' if maps != 1 else ''} x {args.n} seeds, "
+          f"{args.seed}..{args.seed + args.n - 1}) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from usis.generate import export_generator
+
+    weights, cfg_path = export_generator(args.checkpoint, args.out)
+    print(f"wrote {weights} and {cfg_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from usis.evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.checkpoint, args.out, metrics=args.metrics, segmenter=args.segmenter,
+                              segmenter_path=args.segmenter_path, segmenter_mapping=args.segmenter_mapping,
+                              fid_weights=args.fid_weights, num_images=args.num_images, overrides=args.overrides,
+                              device=args.device, seed=args.seed, batch_size=args.batch_size,
+                              msssim_maps=args.msssim_maps, msssim_samples=args.msssim_samples)
+    for k, v in out["results"].items():
+        print(f"{k:>15}: {v:.4f}" if isinstance(v, float) else f"{k:>15}: {v}")
+    print(f"report: {out['report_md']} ({out['report_json'].name})", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -135,6 +176,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(pc)
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=cmd_data_check)
+
+    pg = sub.add_parser("generate", help="turn label maps into images with a trained generator")
+    pg.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or a `usis export` folder")
+    pg.add_argument("--labels", required=True, help="a label PNG (class ids) or a folder of them")
+    pg.add_argument("--out", required=True, help="output folder: <stem>_seed<S>.png per image")
+    pg.add_argument("--n", type=int, default=4, help="images per label map (seeds S..S+n-1)")
+    pg.add_argument("--seed", type=int, default=0, help="first noise seed; image k of a map uses seed + k")
+    pg.add_argument("--colorize", action="store_true", help="also write the colourised label as <stem>_label.png")
+    pg.add_argument("--local-style", action="store_true", help="a different noise vector per class region")
+    pg.add_argument("--num-classes", type=int, default=None,
+                    help="expected class count (checked against the checkpoint)")
+    pg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pg.add_argument("--batch-size", type=int, default=8)
+    pg.set_defaults(func=cmd_generate)
+
+    px = sub.add_parser("export", help="write the EMA generator as safetensors + config.json")
+    px.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or run folder")
+    px.add_argument("--out", required=True, help="output folder (generator.safetensors, config.json)")
+    px.set_defaults(func=cmd_export)
+
+    pe = sub.add_parser("evaluate", help="FID / KID / mIoU / MS-SSIM of a checkpoint; writes report.json + .md")
+    pe.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or a `usis export` folder")
+    pe.add_argument("--out", required=True, help="report folder")
+    pe.add_argument("--metrics", default=None,
+                    help="comma list of fid, kid, miou, msssim (synthetic preset: miou, sfid, msssim); "
+                         "default: the run's eval.metrics")
+    pe.add_argument("--segmenter", choices=["drn", "segformer", "torchscript"], default=None,
+                    help="pretrained segmenter for mIoU")
+    pe.add_argument("--segmenter-path", default=None, help="its weights file, model folder / hub name, or .pt")
+    pe.add_argument("--segmenter-mapping", default=None, help="torchscript: JSON class-mapping file")
+    pe.add_argument("--fid-weights", default=None,
+                    help="TF-FID Inception weights (pt_inception-2015-12-05-6726825d.pth); eval.fid_weights")
+    pe.add_argument("--num-images", type=int, default=None,
+                    help="validation label maps / photos used (default eval.num_images; 0 = all)")
+    pe.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's config, e.g. --set data.root=/data/cityscapes")
+    pe.add_argument("--device", default="auto")
+    pe.add_argument("--seed", type=int, default=0, help="noise seed of the first image (image i: seed + i)")
+    pe.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
+    pe.add_argument("--msssim-maps", type=int, default=50, help="label maps used for MS-SSIM diversity")
+    pe.add_argument("--msssim-samples", type=int, default=20, help="images per label map for MS-SSIM")
+    pe.set_defaults(func=cmd_evaluate)
     return p
 
 

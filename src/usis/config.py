@@ -95,7 +95,7 @@ class TrainConfig:
     amp: bool = False
     log_every: int = 10
     sample_every: int = 1000
-    eval_every: int = 5000
+    eval_every: int = 5000  # >0: every N steps plus start and end; 0: start and end only; <0: never
     ckpt_every: int = 1000
     num_threads: int = 0  # torch intra-op threads on CPU; 0 -> torch default
     max_seconds: float = 0.0  # stop training (then save and evaluate) after this wall time; 0 -> no limit

@@ -20,6 +20,12 @@ def _collect() -> tuple[type[BaseException], ...]:
         types.append(MetricsError)
     except ImportError:
         pass
+    try:
+        from usis.generate import GenerateError  # also the base of usis.evaluate.EvaluateError
+
+        types.append(GenerateError)
+    except ImportError:
+        pass
     return tuple(types)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,71 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
     return evaluate
 
 
+class PeriodicEvaluationWarning(UserWarning):
+    """Periodic evaluation is switched off or skipped; training goes on."""
+
+
+def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | None:
+    """FID (and KID if ``kid`` is in ``eval.metrics``) of EMA samples from the first ``eval.num_images``
+    validation label maps against as many validation photos, with cached real statistics.
+
+    The Inception weights are loaded here, before training starts: if they cannot be obtained (offline,
+    ``eval.fid_weights`` wrong), a :class:`PeriodicEvaluationWarning` says how to fix it and ``None`` is
+    returned (training runs without periodic FID instead of crashing at its first evaluation).
+    """
+    from usis.evaluate import label_batches, parse_metrics, photo_batches, real_key
+    from usis.metrics.fid import MetricsError, build_inception, compute_fid
+
+    requested = parse_metrics(cfg.eval.metrics, cfg.data.kind)
+    wanted = [m for m in requested if m in ("fid", "kid")]
+    others = [m for m in requested if m not in wanted]
+    if others:
+        warnings.warn(f"eval.metrics: {', '.join(others)} are not computed during training on real data (they need "
+                      "a pretrained segmenter or many samples per map); run `usis evaluate` on a checkpoint",
+                      PeriodicEvaluationWarning, stacklevel=2)
+    if not wanted:
+        return None
+    try:
+        extractor = build_inception(cfg.eval.fid_weights or None)
+    except MetricsError as e:
+        warnings.warn(f"periodic FID is disabled for this run (training continues; best.pt by "
+                      f"{cfg.eval.best_metric} will not be written): {e}", PeriodicEvaluationWarning, stacklevel=2)
+        return None
+    limit = cfg.eval.num_images
+    n = len(val.labels) if limit <= 0 else min(limit, len(val.labels))
+    n_real = len(val.photos) if limit <= 0 else min(limit, len(val.photos))
+    if n < 2 or n_real < 2:
+        warnings.warn(f"periodic FID is disabled: it needs at least 2 validation label maps and photos (found "
+                      f"{len(val.labels)} and {len(val.photos)})", PeriodicEvaluationWarning, stacklevel=2)
+        return None
+    key = real_key(cfg, val.photos, n_real, extractor)
+    bs, workers = cfg.eval.batch_size, cfg.data.num_workers
+    kid = "kid" in wanted
+
+    def evaluate(trainer) -> dict[str, float]:
+        extractor.to(trainer.device)
+
+        def fakes():
+            for b, labels in enumerate(label_batches(val.labels, n, bs, workers)):
+                yield trainer.generate(labels, seed=1234 + b, batch_size=bs)
+
+        try:
+            res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, workers), key,
+                              cfg.eval.cache_dir or None, extractor, kid=kid)
+        except Exception as e:  # a metric must not end a long run; the warning says what happened
+            warnings.warn(f"periodic FID at step {trainer.step} failed and was skipped: {type(e).__name__}: {e}",
+                          PeriodicEvaluationWarning, stacklevel=2)
+            return {}
+        out = {"fid": float(res["fid"])}
+        if kid:
+            out.update(kid_mean=float(res["kid_mean"]), kid_std=float(res["kid_std"]))
+        return out
+
+    return evaluate
+
+
 def make_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | None:
+    """The periodic evaluation of a run: synthetic preset -> its own evaluator; real data -> FID/KID."""
     if cfg.data.kind == "synthetic":
         return make_synthetic_evaluator(cfg, val)
-    return None
+    return make_fid_evaluator(cfg, val)

@@ -1,0 +1,308 @@
+"""Final evaluation of a trained generator: FID / KID / mIoU / MS-SSIM and a JSON + Markdown report.
+
+Protocol (PAPER.md, "Evaluation protocol"): the EMA generator turns the validation label maps into
+images (image i with noise seed ``seed + i``, so any of them can be regenerated with
+``usis generate --seed <seed + i> --n 1``); these are compared with the validation photos (FID/KID,
+TF-FID Inception-v3 pool features), segmented by a pretrained network and scored against the label
+maps they came from (mIoU), and for MS-SSIM diversity ``msssim_samples`` images are generated for each
+of the first ``msssim_maps`` label maps.
+
+The synthetic preset has no pretrained networks, so it is scored by
+:class:`usis.metrics.synthetic_eval.SyntheticEvaluator` (``miou``, ``miou_ceiling``, ``sfid`` and the
+per-class table); ``fid`` / ``kid`` (Inception) and ``msssim`` can be asked for as well.
+
+Real statistics for FID are cached by :func:`usis.metrics.fid.compute_fid` under a key made of the
+dataset (its kind plus a fingerprint of the photo files used: path, size, modification time -- so two
+different folders, or changed files, never share statistics), the split, the resolution, the feature
+extractor id and the number of photos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Subset
+
+from usis.config import Config, apply_overrides
+from usis.generate import GenerateError, LoadedGenerator, generate_images, load_generator, resolve_device
+
+ALL_METRICS = ("fid", "kid", "miou", "msssim", "sfid")
+SEGMENTERS = ("drn", "segformer", "torchscript")
+RESULT_ORDER = ("fid", "kid_mean", "kid_std", "miou", "pixel_accuracy", "miou_ceiling", "sfid", "msssim")
+
+
+class EvaluateError(GenerateError):
+    """A user-fixable problem with an evaluation request."""
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+
+
+def parse_metrics(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:
+    """``"fid,kid,miou"`` -> ``["fid", "kid", "miou"]`` (order kept, duplicates dropped, names checked)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name in ("miou_ceiling",):
+            name = "miou"
+        if name not in ALL_METRICS:
+            raise EvaluateError(f"unknown metric {name!r}; choose from {', '.join(ALL_METRICS[:4])} "
+                                "(and sfid for the synthetic preset)")
+        if name == "sfid" and kind != "synthetic":
+            raise EvaluateError("sfid is the synthetic preset's metric; on real data use fid")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise EvaluateError("no metrics requested; e.g. --metrics fid,miou")
+    return out
+
+
+def dataset_fingerprint(cfg: Config, photos, n: int) -> str:
+    """What identifies the first ``n`` validation photos, for the real-statistics cache key."""
+    if cfg.data.kind == "synthetic":
+        from usis.data.synthetic import DATA_VERSION
+
+        return f"synthetic:data{DATA_VERSION}:seed{cfg.data.synthetic_seed}"
+    h = hashlib.sha1()
+    for p in list(getattr(photos, "paths", []))[:n]:
+        try:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return f"{cfg.data.kind}:{h.hexdigest()[:16]}"
+
+
+def real_key(cfg: Config, photos, n: int, extractor) -> str:
+    """The :func:`usis.metrics.fid.real_stats_key` of the first ``n`` validation photos."""
+    from usis.metrics.fid import feature_extractor_id, real_stats_key
+
+    return real_stats_key(dataset_fingerprint(cfg, photos, n), "val", (cfg.data.height, cfg.data.width),
+                          feature_extractor_id(extractor), n)
+
+
+def photo_batches(photos, n: int, batch_size: int, num_workers: int = 0) -> Callable[[], Iterator[Tensor]]:
+    """A factory of iterators over the first ``n`` photos, in batches (float N x 3 x H x W in [-1, 1])."""
+    from usis.data import make_eval_loader
+
+    def factory() -> Iterator[Tensor]:
+        for batch in make_eval_loader(Subset(photos, range(n)), batch_size, num_workers):
+            yield batch["image"]
+
+    return factory
+
+
+def label_batches(labels, n: int, batch_size: int, num_workers: int = 0) -> Iterator[Tensor]:
+    """The first ``n`` label maps in order, in batches (int64 N x H x W)."""
+    from usis.data import make_eval_loader
+
+    for batch in make_eval_loader(Subset(labels, range(n)), batch_size, num_workers):
+        yield batch["label"]
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def _eval_config(gen: LoadedGenerator, overrides: list[str] | None) -> Config:
+    cfg = Config.from_dict(gen.cfg.to_dict()).sync()
+    apply_overrides(cfg, overrides)
+    if dataclasses.asdict(cfg.model) != dataclasses.asdict(gen.cfg.model):
+        raise EvaluateError("--set model.*: the generator's architecture comes from the checkpoint and cannot be "
+                            "overridden at evaluation")
+    for name in ("num_classes", "height", "width"):
+        old, new = getattr(gen.cfg.data, name), getattr(cfg.data, name)
+        if old != new:
+            raise EvaluateError(f"--set data.{name}={new}: this generator was trained with data.{name}={old}; "
+                                "evaluate on data of the same label set and size")
+    return cfg
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                        metrics: str | list[str] | None = None, segmenter: str | None = None,
+                        segmenter_path: str | None = None, segmenter_mapping: str | None = None,
+                        fid_weights: str | None = None, num_images: int | None = None,
+                        overrides: list[str] | None = None, device: str = "auto", seed: int = 0,
+                        batch_size: int | None = None, msssim_maps: int = 50, msssim_samples: int = 20,
+                        log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Evaluate a checkpoint (or export folder) on its validation split; write ``report.json`` / ``report.md``.
+
+    ``metrics``: comma list of ``fid``, ``kid``, ``miou``, ``msssim`` (``sfid`` on the synthetic preset);
+    default: the run's ``eval.metrics`` (plus ``miou`` when a ``segmenter`` is given).
+    ``num_images``: validation label maps (and photos) used; default ``eval.num_images``, 0 = all.
+    ``overrides``: ``--set`` strings applied to the run's config (``data.root=...``; not ``model.*``).
+    Returns ``{"results", "per_class", "meta", "report_json", "report_md"}``.
+    """
+    from usis.data import build_datasets
+    from usis.metrics.report import write_report
+
+    dev = resolve_device(device)
+    gen = load_generator(checkpoint, dev)
+    cfg = _eval_config(gen, overrides)
+    if fid_weights:
+        cfg.eval.fid_weights = fid_weights
+    kind = cfg.data.kind
+    synthetic = kind == "synthetic"
+    if metrics is None:
+        wanted = parse_metrics(cfg.eval.metrics, kind)
+        if segmenter and "miou" not in wanted:
+            wanted.append("miou")
+    else:
+        wanted = parse_metrics(metrics, kind)
+    bs = int(batch_size or cfg.eval.batch_size)
+    meta: dict[str, Any] = {"checkpoint": gen.source, "step": gen.step, "preset": cfg.preset, "kind": kind,
+                            "resolution": f"{cfg.data.height}x{cfg.data.width}", "seed": seed,
+                            "metrics": ",".join(wanted), "device": str(dev)}
+
+    # --- the measuring tools first: a missing weights file should fail before any image is generated
+    extractor = seg = ev = None
+    if "fid" in wanted or "kid" in wanted:
+        from usis.metrics.fid import build_inception
+
+        extractor = build_inception(cfg.eval.fid_weights or None).to(dev)
+        meta["fid_extractor"] = extractor.extractor_id
+    if synthetic and ("miou" in wanted or "sfid" in wanted):
+        from usis.metrics.synthetic_eval import SyntheticEvaluator
+
+        ev = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
+                                              device=dev)
+        meta["segmenter"] = "synthetic evaluator (usis.metrics.synthetic_eval)"
+    elif "miou" in wanted:
+        if not segmenter:
+            hint = ("--segmenter drn --segmenter-path drn-d-105_ms_cityscapes.pth" if kind in
+                    ("cityscapes", "gta2cityscapes") else "--segmenter segformer --segmenter-path MODEL_DIR_OR_NAME, "
+                    "or --segmenter torchscript --segmenter-path MODEL.pt --segmenter-mapping MAP.json")
+            raise EvaluateError(f"mIoU needs a pretrained segmentation network: pass {hint} (or drop miou from "
+                                "--metrics)")
+        if not segmenter_path:
+            raise EvaluateError(f"--segmenter {segmenter} needs --segmenter-path (the weights file, model folder or "
+                                "TorchScript file)")
+        from usis.metrics.segmenters import build_segmenter
+
+        seg = build_segmenter(segmenter, segmenter_path, kind, segmenter_mapping, dev)
+        meta["segmenter"] = seg.name
+
+    # --- data
+    val = build_datasets(cfg, "val")
+    if val.num_classes != gen.num_classes:
+        raise EvaluateError(f"the validation label maps have {val.num_classes} classes but the generator was "
+                            f"trained with {gen.num_classes}")
+    requested = cfg.eval.num_images if num_images is None else int(num_images)
+    n = len(val.labels) if requested <= 0 else min(requested, len(val.labels))
+    n_real = len(val.photos) if requested <= 0 else min(requested, len(val.photos))
+    if n < 2:
+        raise EvaluateError(f"only {n} validation label map(s) available; evaluation needs at least 2")
+    meta.update(num_images=n, num_real_images=n_real)
+    log(f"evaluating {gen.source} (step {gen.step}) on {n} {kind} validation label maps: {', '.join(wanted)}")
+
+    # --- one pass over the label maps: generate, then feed every metric that looks at single images
+    cm = None
+    if seg is not None:
+        from usis.metrics.miou import ConfusionMatrix
+
+        cm = ConfusionMatrix(seg.num_classes, seg.ignore_index)
+    keep_all = ev is not None
+    kept: dict[str, list[Tensor]] = {"fake": [], "labels": []}
+    preview: list[Tensor] = []
+    preview_labels: list[Tensor] = []
+
+    def fakes() -> Iterator[Tensor]:
+        start = 0
+        for labels in label_batches(val.labels, n, bs, cfg.data.num_workers):
+            seeds = list(range(seed + start, seed + start + len(labels)))
+            fake = generate_images(gen.G, labels, seeds, batch_size=bs)
+            start += len(labels)
+            if cm is not None:
+                from usis.metrics.segmenters import segmentation_confusion
+
+                segmentation_confusion(seg, [(fake, labels)], cm)
+            if keep_all:
+                kept["fake"].append(fake)
+                kept["labels"].append(labels)
+            if sum(len(p) for p in preview) < 8:
+                preview.append(fake[:8])
+                preview_labels.append(labels[:8])
+            yield fake
+
+    results: dict[str, Any] = {}
+    if extractor is not None:
+        from usis.metrics.fid import compute_fid
+
+        key = real_key(cfg, val.photos, n_real, extractor)
+        res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, cfg.data.num_workers), key,
+                          cfg.eval.cache_dir or None, extractor, kid="kid" in wanted)
+        results["fid"] = float(res["fid"])
+        if "kid" in wanted:
+            results["kid_mean"], results["kid_std"] = float(res["kid_mean"]), float(res["kid_std"])
+        meta["fid_real_stats"] = res["cache"]
+    else:
+        for _ in fakes():
+            pass
+
+    per_class: list[tuple[str, float]] | None = None
+    if cm is not None:
+        results["miou"] = cm.miou()
+        results["pixel_accuracy"] = cm.pixel_accuracy()
+        per_class = cm.table(seg.class_names)
+    if ev is not None:
+        fake_all, labels_all = torch.cat(kept["fake"]), torch.cat(kept["labels"])
+        if "miou" in wanted:
+            results["miou"] = ev.miou(fake_all, labels_all)
+            results["miou_ceiling"] = ev.ceiling()
+            per_class = list(ev.per_class_iou(fake_all, labels_all).items())
+        if "sfid" in wanted:
+            real = torch.cat(list(photo_batches(val.photos, n_real, bs)()))
+            results["sfid"] = ev.sfid(fake_all, real)
+    if "msssim" in wanted:
+        results["msssim"] = _msssim(gen, val.labels, min(msssim_maps, n), msssim_samples, seed + n, bs,
+                                    cfg.data.num_workers)
+        meta.update(msssim_maps=min(msssim_maps, n), msssim_samples=msssim_samples)
+
+    results = {k: results[k] for k in RESULT_ORDER if k in results}
+    _save_preview(out_dir, preview, preview_labels, val, n_real, cfg)
+    json_path, md_path = write_report(out_dir, kind, results, per_class, meta)
+    return {"results": results, "per_class": per_class, "meta": meta, "report_json": json_path,
+            "report_md": md_path}
+
+
+def _msssim(gen: LoadedGenerator, labels_ds, maps: int, samples: int, first_seed: int, bs: int,
+            workers: int) -> float:
+    from usis.metrics.diversity import msssim_diversity
+
+    counter = itertools.count(first_seed)
+
+    def generate_fn(labels: Tensor) -> Tensor:
+        return generate_images(gen.G, labels, [next(counter) for _ in range(len(labels))], batch_size=bs)
+
+    labels = torch.cat(list(label_batches(labels_ds, maps, bs, workers)))
+    return msssim_diversity(generate_fn, labels, n_samples=samples, batch_size=min(samples, max(bs, 2)))
+
+
+def _save_preview(out_dir, preview: list[Tensor], preview_labels: list[Tensor], val, n_real: int,
+                  cfg: Config) -> None:
+    """``samples.png``: label | generated | a real photo, for the first (up to 8) label maps."""
+    from usis.generate import label_set
+    from usis.train.monitor import colorize, save_grid
+
+    if not preview:
+        return
+    fake = torch.cat(preview)[:8]
+    labels = torch.cat(preview_labels)[:8]
+    real = torch.stack([val.photos[i]["image"] for i in range(min(len(fake), n_real))])
+    _, palette = label_set(cfg)
+    save_grid([colorize(labels, palette), fake, real], Path(out_dir) / "samples.png")
