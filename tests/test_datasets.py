@@ -525,3 +525,42 @@ def test_sampler_rank_split():
     assert seeds[0] != seeds[1]  # ranks augment differently
     with pytest.raises(ConfigError, match="torch.distributed is not initialised"):
         make_loaders(build_datasets(_cfg("synthetic", synthetic_train=4)), 2, distributed=True)
+
+
+# ------------------------------------------------------------------------------------ the CLI on folders
+
+TINY_NETS = ["model.g_ch=2", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=2", "model.d_ch=4",
+             "model.d_max_ch=16", "model.dec_ch=16", "train.batch_size=2", "train.sample_every=0",
+             "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1", "data.height=64",
+             "data.width=64", "data.load_size=0"]
+
+
+def _cli_args(labels: Path, photos: Path, num: int, iters: int = 5) -> list[str]:
+    args = ["train", "--preset", "folder", "--out", str(labels.parent / "run"), "--iters", str(iters),
+            "--no-progress", "--set", f"data.labels={labels}", "--set", f"data.photos={photos}",
+            "--set", f"data.num_classes={num}"]
+    for s in TINY_NETS:
+        args += ["--set", s]
+    return args
+
+
+def test_usis_train_on_a_folder(tmp_path):
+    from usis.cli import main
+
+    labels, photos = _folder(tmp_path, n_labels=5, n_photos=7, num=5, pw=80, ph=72)
+    assert main(_cli_args(labels, photos, 5)) == 0
+    state = torch.load(tmp_path / "run/checkpoints/latest.pt", weights_only=True)
+    assert state["step"] == 5
+    assert state["config"]["data"]["num_classes"] == 5
+    assert state["G"]["fc.weight"].shape[1] == 5 + 4  # one-hot classes from the data + z_dim
+
+
+def test_usis_train_refuses_a_bad_folder_in_seconds(tmp_path, capsys):
+    from usis.cli import main
+
+    labels, photos = _folder(tmp_path, n_labels=4, n_photos=4, num=5, pw=80, ph=72)
+    _label(labels / "mask.png", np.where(_ids(16, 16, 2, 9) > 0, 255, 0).astype(np.uint8))
+    assert main(_cli_args(labels, photos, 5)) == 2
+    err = capsys.readouterr().err
+    assert "mask.png" in err and "255" in err
+    assert not (tmp_path / "run/checkpoints/latest.pt").exists()

@@ -127,3 +127,18 @@ def test_minibatch_stddev_handles_any_batch_size():
     D = build_discriminator("wavelet", 64, 64, ch=4, max_ch=16)
     for n in (1, 2, 3, 5, 6):
         assert D(torch.zeros(n, 3, 64, 64)).shape == (n,)
+
+
+def test_spectral_norm_estimates_are_converged_at_construction():
+    from usis.nn.layers import converge_spectral_norm
+
+    G = small_generator()
+    converge_spectral_norm(G, iters=50)
+    conv = G.body[0].conv_0
+    sigma_true = torch.linalg.matrix_norm(conv.weight_orig.flatten(1), ord=2)
+    sigma_est = conv.weight_u @ conv.weight_orig.flatten(1) @ conv.weight_v
+    assert sigma_est.item() == pytest.approx(sigma_true.item(), rel=1e-3)
+    G.eval()
+    G(onehot(1, 64, 64))  # the hook recomputes the normalised weight at each forward
+    # in eval mode (no further power iteration) the normalised weight now has spectral norm ~1
+    assert torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2).item() == pytest.approx(1.0, rel=1e-3)

@@ -67,6 +67,20 @@ def test_resume_is_bit_identical(tmp_path):
     assert_identical(sa, sb)
 
 
+def test_sampling_does_not_change_the_training_trajectory(tmp_path):
+    # sample grids refresh the EMA generator's BN statistics on training label maps; that must not
+    # draw from the global RNG (the training noise) nor touch the training state
+    a = Trainer(tiny_cfg("train.sample_every=1"), tmp_path / "a", progress=False)
+    a.fit(3, eval_at_start=False)
+    b = Trainer(tiny_cfg(), tmp_path / "b", progress=False)
+    b.fit(3, eval_at_start=False)
+    assert len(list((tmp_path / "a/samples").glob("*.png"))) == 3
+    sa = torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)
+    sa["config"] = sb["config"] = None
+    assert_identical(sa, sb)
+
+
 def test_a_step_updates_every_network_including_the_decoder(tmp_path):
     tr = Trainer(tiny_cfg(), tmp_path, progress=False)
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in tr.nets.named().items()}

@@ -15,6 +15,27 @@ def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
     return _spectral_norm(module) if enabled else module
 
 
+@torch.no_grad()
+def converge_spectral_norm(module: nn.Module, iters: int = 10) -> None:
+    """Run power iterations on every spectrally normalised weight in ``module``.
+
+    ``torch.nn.utils.spectral_norm`` starts from random singular-vector estimates and refines them by
+    one iteration per training forward. Until then (e.g. evaluating an untrained EMA copy in eval mode)
+    the estimated norm is far too small and the network saturates; converging the estimates at
+    construction makes "the model at initialisation" mean what it says. Deterministic (no RNG).
+    """
+    for m in module.modules():
+        if not hasattr(m, "weight_u") or not hasattr(m, "weight_orig"):
+            continue
+        w = m.weight_orig.flatten(1)
+        u, v = m.weight_u, m.weight_v
+        for _ in range(iters):
+            v = F.normalize(w.t() @ u, dim=0, eps=1e-12)
+            u = F.normalize(w @ v, dim=0, eps=1e-12)
+        m.weight_u.copy_(u)
+        m.weight_v.copy_(v)
+
+
 def param_free_norm(kind: str, channels: int) -> nn.Module:
     """The parameter-free normalisation in front of SPADE's modulation."""
     if kind == "batch":

@@ -43,7 +43,9 @@ def refresh_batchnorm(model: nn.Module, inputs: Iterable[tuple[torch.Tensor, tor
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
-    model.train()
+    model.eval()  # only BN in training mode: spectral-norm power iterations must not advance here
+    for bn in bns:
+        bn.train()
     for onehot, z in inputs:
         model(onehot, z)
     for bn, m in zip(bns, momenta, strict=True):

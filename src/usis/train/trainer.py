@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from usis.losses import (
     r1_penalty,
 )
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
+from usis.nn.layers import converge_spectral_norm
 from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from usis.train.ema import make_ema, refresh_batchnorm, update_ema
 
@@ -68,6 +70,8 @@ def build_networks(cfg: Config) -> Networks:
     S = Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel)
     D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch)
     dec = Decoder(D.feature_channels, D.feature_strides, max_ch=m.dec_ch) if m.decoder else None
+    for net in (G, S, D):
+        converge_spectral_norm(net)
     return Networks(G=G, G_ema=make_ema(G), S=S, D=D, decoder=dec)
 
 
@@ -82,6 +86,12 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu")
     return dev
+
+
+def _item(dataset, i: int) -> dict[str, Any]:
+    """Item ``i`` with a fixed augmentation seed: no draw from the global RNG (that would shift the
+    training noise and make a run depend on how often it samples or evaluates)."""
+    return dataset[(i, i)] if getattr(dataset, "accepts_aug_seed", False) else dataset[i]
 
 
 class _StopFlag:
@@ -159,7 +169,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(d_params, lr=t.lr_d, **adam)
 
         self.loaders = make_loaders(self.train_data, batch_size=t.batch_size, seed=t.seed,
-                                    num_workers=cfg.data.num_workers,
+                                    num_workers=min(cfg.data.num_workers, os.cpu_count() or 1),
                                     pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
                                     distributed=world_size > 1)
         self.step = 0
@@ -277,8 +287,11 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def save(self, name: str = "latest") -> Path:
+        """Write the whole state; the EMA generator is saved with freshly computed BN statistics, so a
+        checkpoint is ready for ``usis generate`` / ``export`` as it is."""
         path = self.out / "checkpoints" / f"{name}.pt"
         if self.is_main:
+            self.refresh_ema_bn()
             save_atomic(self.state_dict(), path)
         return path
 
@@ -291,8 +304,9 @@ class Trainer:
     def _fixed_batch(self, n: int = 4):
         """A fixed set of label maps and real photos for sample grids (validation split, first items)."""
         if self._fixed is None:
-            labels = torch.stack([self.val_data.labels[i]["label"] for i in range(min(n, len(self.val_data.labels)))])
-            photos = torch.stack([self.val_data.photos[i]["image"] for i in range(min(n, len(self.val_data.photos)))])
+            val = self.val_data
+            labels = torch.stack([_item(val.labels, i)["label"] for i in range(min(n, len(val.labels)))])
+            photos = torch.stack([_item(val.photos, i)["image"] for i in range(min(n, len(val.photos)))])
             self._fixed = (labels, photos)
         return self._fixed
 
@@ -309,7 +323,7 @@ class Trainer:
         batches = []
         for b in range(n):
             idx = [(b * bs + i) % len(ds) for i in range(bs)]
-            labels = torch.stack([ds[i]["label"] for i in idx]).to(self.device)
+            labels = torch.stack([_item(ds, i)["label"] for i in idx]).to(self.device)
             batches.append((one_hot_labels(labels, self.num_classes), self._noise(bs, 10_000 + b)))
         refresh_batchnorm(self.nets.G_ema, batches)
 
