@@ -58,6 +58,15 @@ def test_items_are_deterministic_and_independent_of_access_order():
     assert not torch.equal(S.SyntheticLabels(1, seed=4)[0]["label"], S.SyntheticLabels(1, seed=3)[0]["label"])
 
 
+def test_memory_cache_returns_the_same_items_and_stays_private():
+    cached, plain = S.SyntheticPaired(3, seed=2, cache=True), S.SyntheticPaired(3, seed=2)
+    first = cached[1]
+    assert torch.equal(first["image"], plain[1]["image"])
+    first["image"].zero_()  # a caller's in-place edit must not leak into the cache
+    assert torch.equal(cached[1]["image"], plain[1]["image"])
+    assert torch.equal(cached[1]["label"], plain[1]["label"])
+
+
 def test_item_format_and_paths():
     lab = S.SyntheticLabels(3, split="val")[1]
     assert set(lab) == {"label", "path"} and lab["path"] == "synthetic://val/labels/1"
@@ -215,6 +224,19 @@ def test_render_checks_its_input():
 # ---------------------------------------------------------------------------------------------------- #
 
 
+@pytest.mark.parametrize("size", [(32, 64), (64, 128), (96, 192), (128, 256), (96, 128)])
+def test_evalnet_works_at_any_size(size):
+    net = E.EvalNet().eval()
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.no_grad():
+        assert net(x).shape == (2, S.NUM_CLASSES, *size)
+        assert net.pooled(x).shape == (2, E.WIDTHS[-1])
+    work = E.work_size(*size)
+    assert work[0] <= E.WORK_HEIGHT and work[1] % 8 == 0
+    assert abs(work[1] / work[0] - size[1] / size[0]) < 0.1 * size[1] / size[0]  # aspect kept
+    assert 1e5 < sum(p.numel() for p in net.parameters()) < 5e5
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("usis_cache")
@@ -227,7 +249,7 @@ def evaluator(cache_dir):
 
 @pytest.fixture(scope="module")
 def real_val():
-    data = S.SyntheticPaired(100, H, W, seed=E.EVAL_SEED + 1, split="val")
+    data = S.SyntheticPaired(64, H, W, seed=E.EVAL_SEED + 1, split="val")
     return _stack(data, "image"), _stack(data, "label")
 
 
@@ -247,7 +269,8 @@ def test_evaluator_segments_real_photos_per_class(evaluator, real_val):
     assert pred.dtype == torch.int64 and pred.shape == (8, H, W)
     assert int(pred.min()) >= 1 and int(pred.max()) < S.NUM_CLASSES  # never the don't-care id
     # mIoU is computed over the set: segmenting in pieces must not change it.
-    assert evaluator.miou(images, labels) == pytest.approx(evaluator.confusion(images, labels, batch_size=7).miou())
+    a, b = images[:24], labels[:24]
+    assert evaluator.miou(a, b) == pytest.approx(evaluator.confusion(a, b, batch_size=7).miou())
 
 
 def test_miou_drops_for_wrong_labels(evaluator, real_val):
@@ -260,7 +283,7 @@ def test_miou_drops_for_wrong_labels(evaluator, real_val):
 
 def test_sfid(evaluator, real_val):
     real = real_val[0]
-    other = _stack(S.SyntheticPhotos(100, H, W, seed=11, split="val"), "image")
+    other = _stack(S.SyntheticPhotos(64, H, W, seed=11, split="val"), "image")
     same = evaluator.sfid(real, real)
     close = evaluator.sfid(other, real)
     swapped = evaluator.sfid(real[:, [2, 1, 0]], real)

@@ -24,8 +24,10 @@ not depend on access order, and the splits (``train``, ``val``, ``test``) use di
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 # Bump when layouts or rendering change: it keys cached evaluator weights and feature statistics.
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 NUM_CLASSES = 10
 DONTCARE = 0
@@ -95,42 +97,58 @@ def _check_split(split: str) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _rect(lab: np.ndarray, y0: float, y1: float, x0: float, x1: float, cls: int) -> None:
-    """Fill rows [y0, y1) x cols [x0, x1) (clipped; at least one pixel wide and tall)."""
-    h, w = lab.shape
-    ya, xa = int(np.floor(y0)), int(np.floor(x0))
-    yb, xb = max(ya + 1, int(round(y1))), max(xa + 1, int(round(x1)))
-    ya, xa, yb, xb = max(ya, 0), max(xa, 0), min(yb, h), min(xb, w)
-    if yb > ya and xb > xa:
-        lab[ya:yb, xa:xb] = cls
+class _Drawing:
+    """A label map being drawn, with an instance-id map and a box per instance (id 0 = no instance)."""
 
+    def __init__(self, lab: np.ndarray) -> None:
+        self.lab = lab
+        self.inst = np.zeros(lab.shape, np.int32)
+        self.boxes: list[tuple[float, float, float, float]] = [(0.0, 1.0, 0.0, 1.0)]
 
-def _blob(
-    lab: np.ndarray,
-    cy: float,
-    cx: float,
-    ry: float,
-    rx: float,
-    cls: int,
-    lobes: tuple[float, float, float] | None = None,
-) -> None:
-    """Fill an ellipse; ``lobes=(amplitude, frequency, phase)`` makes its outline wavy (tree crowns)."""
-    h, w = lab.shape
-    ry, rx = max(ry, 0.6), max(rx, 0.6)
-    grow = 1.0 + (lobes[0] if lobes else 0.0)
-    ya, yb = max(int(cy - ry * grow) - 1, 0), min(int(cy + ry * grow) + 2, h)
-    xa, xb = max(int(cx - rx * grow) - 1, 0), min(int(cx + rx * grow) + 2, w)
-    if yb <= ya or xb <= xa:
-        return
-    dy = (np.arange(ya, yb, dtype=np.float32)[:, None] + 0.5 - cy) / ry
-    dx = (np.arange(xa, xb, dtype=np.float32)[None, :] + 0.5 - cx) / rx
-    r = np.sqrt(dy * dy + dx * dx)
-    limit = 1.0
-    if lobes:
-        amp, freq, phase = lobes
-        theta = np.arctan2(dy, dx)
-        limit = 1.0 + amp * np.sin(freq * theta + phase) + 0.5 * amp * np.sin(2.3 * freq * theta - phase)
-    lab[ya:yb, xa:xb][r <= limit] = cls
+    def new(self, y0: float, y1: float, x0: float, x1: float) -> int:
+        """Start an instance whose (unclipped) extent is rows [y0, y1) x cols [x0, x1); returns its id."""
+        self.boxes.append((y0, y1, x0, x1))
+        return len(self.boxes) - 1
+
+    def rect(self, y0: float, y1: float, x0: float, x1: float, cls: int, k: int = 0) -> None:
+        """Fill rows [y0, y1) x cols [x0, x1) (clipped; at least one pixel wide and tall)."""
+        h, w = self.lab.shape
+        ya, xa = math.floor(y0), math.floor(x0)
+        yb, xb = max(ya + 1, round(y1)), max(xa + 1, round(x1))
+        ya, xa, yb, xb = max(ya, 0), max(xa, 0), min(yb, h), min(xb, w)
+        if yb > ya and xb > xa:
+            self.lab[ya:yb, xa:xb] = cls
+            self.inst[ya:yb, xa:xb] = k
+
+    def blob(
+        self,
+        cy: float,
+        cx: float,
+        ry: float,
+        rx: float,
+        cls: int,
+        k: int = 0,
+        lobes: tuple[float, float, float] | None = None,
+    ) -> None:
+        """Fill an ellipse; ``lobes=(amplitude, frequency, phase)`` makes its outline wavy (tree crowns)."""
+        h, w = self.lab.shape
+        ry, rx = max(ry, 0.6), max(rx, 0.6)
+        grow = 1.0 + (lobes[0] if lobes else 0.0)
+        ya, yb = max(int(cy - ry * grow) - 1, 0), min(int(cy + ry * grow) + 2, h)
+        xa, xb = max(int(cx - rx * grow) - 1, 0), min(int(cx + rx * grow) + 2, w)
+        if yb <= ya or xb <= xa:
+            return
+        dy = (np.arange(ya, yb, dtype=np.float32)[:, None] + 0.5 - cy) / ry
+        dx = (np.arange(xa, xb, dtype=np.float32)[None, :] + 0.5 - cx) / rx
+        r = np.sqrt(dy * dy + dx * dx)
+        limit = 1.0
+        if lobes:
+            amp, freq, phase = lobes
+            theta = np.arctan2(dy, dx)
+            limit = 1.0 + amp * np.sin(freq * theta + phase) + 0.5 * amp * np.sin(2.3 * freq * theta - phase)
+        inside = r <= limit
+        self.lab[ya:yb, xa:xb][inside] = cls
+        self.inst[ya:yb, xa:xb][inside] = k
 
 
 @dataclass
@@ -170,6 +188,16 @@ def _sidewalk_spot(rng: np.random.Generator, st: _Street, near: float = 0.0) -> 
     return -1.0, -1.0, -1.0
 
 
+class Scene(NamedTuple):
+    """A layout with its objects: ``labels`` (int64 H x W class ids), ``instances`` (int32 H x W, one id per
+    drawn object, 0 = none) and ``boxes`` (float32 K x 4: rows y0, y1, cols x0, x1 of each instance's
+    unclipped extent; row 0 unused). The renderer uses the instances for per-object looks."""
+
+    labels: np.ndarray
+    instances: np.ndarray
+    boxes: np.ndarray
+
+
 def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) -> np.ndarray:
     """Draw one street layout.
 
@@ -180,6 +208,11 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
     Returns:
         ``int64`` array ``height x width`` of class ids in ``[0, NUM_CLASSES)`` (0 = don't care).
     """
+    return make_scene(rng, height, width).labels
+
+
+def make_scene(rng: np.random.Generator, height: int = 64, width: int = 128) -> Scene:
+    """:func:`make_layout` plus the object instances (same draws from ``rng``, same labels)."""
     check_size(height, width)
     h, w = int(height), int(width)
     lab = np.full((h, w), SKY, dtype=np.int64)
@@ -211,13 +244,14 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
     lab[rows >= tops[None, :]] = BUILDING
 
     # Ground: sidewalk trapezoid, road trapezoid inside it, both towards the vanishing point.
-    ground = rows >= hz
+    ground = lab[hz:]  # a view
     dist = np.abs(cols - st.vx)
-    d_rows = np.clip((rows - hz) / (h - hz), 0.0, 1.0)
-    lab[ground & (dist <= st.side_hw(d_rows))] = SIDEWALK
-    lab[ground & (dist <= st.road_hw(d_rows))] = ROAD
+    d_rows = (np.arange(h - hz)[:, None]) / (h - hz)
+    ground[dist <= st.side_hw(d_rows)] = SIDEWALK
+    ground[dist <= st.road_hw(d_rows)] = ROAD
 
     # Objects, drawn far to near (sorted by base row) so that near ones occlude far ones.
+    dr = _Drawing(lab)
     objects: list[tuple[float, Callable[[], None]]] = []
 
     def tree() -> None:
@@ -231,9 +265,10 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
         lobes = (rng.uniform(0.08, 0.2), float(rng.integers(4, 8)), rng.uniform(0, 6.3))
 
         def draw() -> None:
+            k = dr.new(cy - ry, y, x - rx, x + rx)
             tw = max(1.0, s * w / 100)
-            _rect(lab, cy, y, x - tw / 2, x + tw / 2, TREE)
-            _blob(lab, cy, x, ry, rx, TREE, lobes)
+            dr.rect(cy, y, x - tw / 2, x + tw / 2, TREE, k)
+            dr.blob(cy, x, ry, rx, TREE, k, lobes)
 
         objects.append((y, draw))
 
@@ -252,15 +287,15 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
         sy = y - ph + size * rng.uniform(0.5, 1.0)
 
         def draw() -> None:
-            _rect(lab, y - ph, y, x - pw / 2, x + pw / 2, POLE)
+            dr.rect(y - ph, y, x - pw / 2, x + pw / 2, POLE, dr.new(y - ph, y, x - pw / 2, x + pw / 2))
             if not sign:
                 return
-            if shape == 0:
-                _rect(lab, sy - size / 2, sy + size / 2, sx - size / 2, sx + size / 2, SIGN)
-            elif shape == 1:
-                _blob(lab, sy, sx, size / 2, size / 2, SIGN)
-            else:  # wide panel
-                _rect(lab, sy - size / 3, sy + size / 3, sx - size * 0.75, sx + size * 0.75, SIGN)
+            hh, hw = (size / 3, size * 0.75) if shape == 2 else (size / 2, size / 2)  # 2: wide panel
+            k = dr.new(sy - hh, sy + hh, sx - hw, sx + hw)
+            if shape == 1:
+                dr.blob(sy, sx, hh, hw, SIGN, k)
+            else:
+                dr.rect(sy - hh, sy + hh, sx - hw, sx + hw, SIGN, k)
 
         objects.append((y, draw))
 
@@ -275,11 +310,12 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
 
         def draw() -> None:
             top = y - ph
-            _rect(lab, top, top + 0.19 * ph, x - 0.32 * pw, x + 0.32 * pw, PERSON)  # head
-            _rect(lab, top + 0.18 * ph, y - 0.42 * ph, x - pw / 2, x + pw / 2, PERSON)
             lw = max(1.0, pw * 0.4)
-            _rect(lab, y - 0.45 * ph, y, x - lw - stride * pw / 2, x - stride * pw / 2 + 0.2, PERSON)
-            _rect(lab, y - 0.45 * ph, y, x + stride * pw / 2 - 0.2, x + lw + stride * pw / 2, PERSON)
+            k = dr.new(top, y, x - max(pw / 2, lw + stride * pw / 2), x + max(pw / 2, lw + stride * pw / 2))
+            dr.rect(top, top + 0.19 * ph, x - 0.32 * pw, x + 0.32 * pw, PERSON, k)  # head
+            dr.rect(top + 0.18 * ph, y - 0.42 * ph, x - pw / 2, x + pw / 2, PERSON, k)  # torso
+            dr.rect(y - 0.45 * ph, y, x - lw - stride * pw / 2, x - stride * pw / 2 + 0.2, PERSON, k)  # legs
+            dr.rect(y - 0.45 * ph, y, x + stride * pw / 2 - 0.2, x + lw + stride * pw / 2, PERSON, k)
 
         objects.append((y, draw))
 
@@ -293,11 +329,12 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
         inset = rng.uniform(0.12, 0.22)
 
         def draw() -> None:
+            k = dr.new(y - ch, y, x - cw / 2, x + cw / 2)
             # Body (corners trimmed), then a narrower cabin on top.
-            _rect(lab, y - 0.55 * ch, y - 0.08 * ch, x - cw / 2, x + cw / 2, CAR)
-            _rect(lab, y - 0.08 * ch, y, x - 0.45 * cw, x + 0.45 * cw, CAR)
-            _rect(lab, y - 0.78 * ch, y - 0.55 * ch, x - (0.5 - inset) * cw, x + (0.5 - inset) * cw, CAR)
-            _rect(lab, y - ch, y - 0.78 * ch, x - (0.5 - inset - 0.06) * cw, x + (0.5 - inset - 0.06) * cw, CAR)
+            dr.rect(y - 0.55 * ch, y - 0.08 * ch, x - cw / 2, x + cw / 2, CAR, k)
+            dr.rect(y - 0.08 * ch, y, x - 0.45 * cw, x + 0.45 * cw, CAR, k)
+            dr.rect(y - 0.78 * ch, y - 0.55 * ch, x - (0.5 - inset) * cw, x + (0.5 - inset) * cw, CAR, k)
+            dr.rect(y - ch, y - 0.78 * ch, x - (0.44 - inset) * cw, x + (0.44 - inset) * cw, CAR, k)
 
         objects.append((y, draw))
 
@@ -316,14 +353,16 @@ def make_layout(rng: np.random.Generator, height: int = 64, width: int = 128) ->
     if rng.random() < 0.5:
         hood = rng.uniform(0.5, max(1.0, h / 40))
         bulge = hood * (1 - ((cols - w * rng.uniform(0.3, 0.7)) / (0.8 * w)) ** 2)
-        lab[rows >= h - np.maximum(bulge, 0.0) - 0.5] = UNLABELED
+        band = h - math.ceil(hood + 1)  # the hood lies below this row
+        below = rows[band:] >= h - np.maximum(bulge, 0.0) - 0.5
+        lab[band:][below] = UNLABELED
+        dr.inst[band:][below] = 0
     if rng.random() < 0.3:
         bw = int(rng.integers(1, max(2, w // 64) + 1))
-        if rng.random() < 0.5:
-            lab[:, :bw] = UNLABELED
-        else:
-            lab[:, w - bw :] = UNLABELED
-    return lab
+        side = slice(0, bw) if rng.random() < 0.5 else slice(w - bw, w)
+        lab[:, side] = UNLABELED
+        dr.inst[:, side] = 0
+    return Scene(lab, dr.inst, np.asarray(dr.boxes, np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,6 +412,14 @@ def _mortar(h: int, w: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _columns(h: int, w: int) -> np.ndarray:
+    """Flat integer column index of an h x w image (read-only, cached)."""
+    out = np.tile(np.arange(w, dtype=np.intp), h)
+    out.flags.writeable = False
+    return out
+
+
 def _frac(a: np.ndarray) -> np.ndarray:
     return a - np.floor(a)
 
@@ -388,7 +435,8 @@ class _Canvas:
     low: np.ndarray  # flat noise, blobs of ~a sixth of the height
     hz: int  # estimated horizon row (first row with ground)
     dusk: bool
-    parts: dict  # _thing_parts()
+    inst: np.ndarray  # flat instance ids (see Scene)
+    boxes: np.ndarray  # instance boxes (see Scene)
 
 
 def _pick(rng: np.random.Generator, table: np.ndarray, n: int, jitter: float = 0.06) -> np.ndarray:
@@ -399,33 +447,34 @@ def _pick(rng: np.random.Generator, table: np.ndarray, n: int, jitter: float = 0
 _THINGS = (CAR, PERSON, SIGN)
 
 
-def _thing_parts(lab: np.ndarray, idx: dict[int, np.ndarray], yy: np.ndarray, xx: np.ndarray) -> dict:
-    """Connected components of the countable classes: for each, (per-pixel component id, relative row and
-    column inside the component's bounding box in [0, 1), number of components), over that class's
-    pixels ``idx[cls]`` (row-major). One ``ndimage.label`` call on the class masks stacked vertically
-    (with a blank row between them, so components never cross from one class to the next)."""
+def _components(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Instances for a bare layout: connected components of the countable classes (one
+    ``ndimage.label`` call on their masks stacked vertically, a blank row between them, so a component
+    never spans two classes). Returns ``(instances, boxes)`` as in :class:`Scene`."""
     h, w = lab.shape
-    present = [c for c in _THINGS if c in idx]
-    if not present:
-        return {}
-    stack = np.zeros((len(present) * (h + 1), w), bool)
-    for k, cls in enumerate(present):
+    stack = np.zeros((len(_THINGS) * (h + 1), w), bool)
+    for k, cls in enumerate(_THINGS):
         stack[k * (h + 1) : k * (h + 1) + h] = lab == cls
-    comp, _ = ndimage.label(stack)
-    boxes = np.array(
-        [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndimage.find_objects(comp)], dtype=np.float32
-    )
-    flat = comp.ravel()
-    parts = {}
-    for k, cls in enumerate(present):
-        i = idx[cls]
-        ids = flat[i + k * (h + 1) * w] - 1
-        first = int(ids.min())
-        b = boxes[ids]
-        ry = (yy[i] + (k * (h + 1) + 0.5) - b[:, 0]) / (b[:, 1] - b[:, 0])
-        rx = (xx[i] + 0.5 - b[:, 2]) / (b[:, 3] - b[:, 2])
-        parts[cls] = (ids - first, ry, rx, int(ids.max()) - first + 1)
-    return parts
+    comp, n = ndimage.label(stack)
+    inst = np.zeros((h, w), np.int32)
+    for k in range(len(_THINGS)):
+        inst += comp[k * (h + 1) : k * (h + 1) + h].astype(np.int32)
+    boxes = np.zeros((n + 1, 4), np.float32)
+    boxes[0] = (0, 1, 0, 1)
+    for j, sl in enumerate(ndimage.find_objects(comp), 1):
+        off = sl[0].start // (h + 1) * (h + 1)
+        boxes[j] = (sl[0].start - off, sl[0].stop - off, sl[1].start, sl[1].stop)
+    return inst, boxes
+
+
+def _parts(cv: _Canvas, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per pixel of ``idx``: instance id, row and column relative to the instance box (about [0, 1)),
+    and the number of instance ids (for drawing one look per instance)."""
+    ids = cv.inst[idx]
+    b = cv.boxes[ids]
+    ry = (cv.yy[idx] + 0.5 - b[:, 0]) / np.maximum(b[:, 1] - b[:, 0], 1e-3)
+    rx = (cv.xx[idx] + 0.5 - b[:, 2]) / np.maximum(b[:, 3] - b[:, 2], 1e-3)
+    return ids, ry, rx, len(cv.boxes)
 
 
 _SKY_DAY = np.array([[0.25, 0.48, 0.85], [0.62, 0.78, 0.95]], np.float32)
@@ -500,6 +549,7 @@ _FACADES = np.array(
     ],
     np.float32,
 )
+_PANES = np.array([[0.12, 0.14, 0.19], [0.95, 0.82, 0.45]], np.float32)  # dark, lit
 _FACADE_FIRST, _FACADE_COUNT = np.array([0, 4, 8]), np.array([4, 4, 5])
 
 
@@ -524,26 +574,23 @@ def _paint_building(cv: _Canvas, idx: np.ndarray) -> np.ndarray:
     lx = (np.arange(w) - x0 - rng.uniform(0, 3, n)[inst]) / px
     ly = ((np.arange(h)[:, None] - 2 * s) - top) / py
     win2d = (_frac(lx) < fx) & (_frac(ly) < fy) & (ly > 0)
-    # Per pixel.
-    c = (idx % w).astype(np.intp)
+    # Per pixel: one brightness factor and one grey offset on top of the facade colour.
+    c = _columns(h, w)[idx]
     lk = look[inst][c]
     win = win2d.ravel()[idx]
-    mort = _mortar(h, w)[idx] * (lk == 0)
     glass = lk == 1
-    v = (1 + 0.12 * cv.fine[idx] + 0.1 * cv.mid[idx]) * (1 - 0.45 * mort)
-    col = base[c] * v[:, None] + (0.35 * mort)[:, None]
+    mort = _mortar(h, w)[idx] * (lk == 0)  # brick joints: lighter, greyer
     refl = np.clip(0.35 * cv.low[idx] + 0.2, 0, 0.6) * glass  # sky reflections on glass
-    col += (0.9 - col) * refl[:, None]
-    col *= (1 - 0.55 * (glass & ~win))[:, None]  # dark mullions
+    dim = (1 - 0.55 * (glass & ~win)) * (1 - refl)  # dark mullions between glass panes
+    mult = (1 + 0.12 * cv.fine[idx] + 0.1 * cv.mid[idx]) * (1 - 0.45 * mort) * dim
+    add = 0.35 * mort * dim + 0.9 * refl * (1 - 0.55 * (glass & ~win))
+    col = base[c] * mult[:, None] + add[:, None]
     # Windows on brick and plaster: dark panes, some lit (more at dusk).
     pane = win & ~glass
     pi = idx[pane]
-    wid = np.floor(lx)[c[pane]] * 7919 + np.floor(ly).ravel()[pi] * 104729
+    wid = np.floor(lx)[c[pane]] * 7919 + np.floor(ly.ravel()[pi]) * 104729
     lit = (wid.astype(np.int64) % (3 if cv.dusk else 11)) == 0
-    pane_col = np.where(
-        lit[:, None], np.array([0.95, 0.82, 0.45], np.float32), np.array([0.12, 0.14, 0.19], np.float32)
-    )
-    col[pane] = pane_col + (0.1 * cv.low[pi] + 0.04 * cv.fine[pi])[:, None]
+    col[pane] = _PANES[lit.view(np.uint8)] + (0.1 * cv.low[pi] + 0.04 * cv.fine[pi])[:, None]
     return col
 
 
@@ -575,7 +622,7 @@ _CAR = np.array(
 
 def _paint_car(cv: _Canvas, idx: np.ndarray) -> np.ndarray:
     rng = cv.rng
-    comp, ry, rx, n = cv.parts[CAR]
+    comp, ry, rx, n = _parts(cv, idx)
     f = cv.fine[idx]
     col = _pick(rng, _CAR, n, 0.05)[comp] * (1.05 - 0.25 * ry + 0.04 * f)[:, None]
     shine = np.abs(ry - rng.uniform(0.5, 0.6)) < 0.035
@@ -635,7 +682,7 @@ _PANTS = np.array([[0.1, 0.12, 0.25], [0.08, 0.08, 0.08], [0.55, 0.48, 0.35], [0
 
 def _paint_person(cv: _Canvas, idx: np.ndarray) -> np.ndarray:
     rng = cv.rng
-    comp, ry, _, n = cv.parts[PERSON]
+    comp, ry, _, n = _parts(cv, idx)
     skin, shirt, pants = _pick(rng, _SKIN, n, 0.03), _pick(rng, _CLOTH, n), _pick(rng, _PANTS, n, 0.04)
     col = np.where((ry < 0.2)[:, None], skin[comp], np.where((ry < 0.57)[:, None], shirt[comp], pants[comp]))
     return col * (1 + 0.12 * cv.fine[idx])[:, None]
@@ -648,7 +695,7 @@ _SIGN = np.array(
 
 def _paint_sign(cv: _Canvas, idx: np.ndarray) -> np.ndarray:
     rng = cv.rng
-    comp, ry, rx, n = cv.parts[SIGN]
+    comp, ry, rx, n = _parts(cv, idx)
     face = _pick(rng, _SIGN, n, 0.04)[comp]
     col = face * (1 + 0.08 * cv.fine[idx])[:, None]
     # A rim (the outermost ring of pixels) and a bar symbol: white, or black on white signs.
@@ -680,12 +727,19 @@ _PAINTERS: dict[int, Callable[[_Canvas, np.ndarray], np.ndarray]] = {
 }
 
 
-def render(layout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def render(
+    layout: np.ndarray,
+    rng: np.random.Generator,
+    instances: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> np.ndarray:
     """Paint a textured photo of a layout.
 
     Args:
         layout: ``H x W`` integer class ids in ``[0, NUM_CLASSES)`` (H, W >= 8).
         rng: the generator to draw looks and noise from (consumed).
+        instances, boxes: the objects of the layout (see :class:`Scene`, from :func:`make_scene`), for one
+            look per object; without them, connected components of cars, persons and signs are used.
 
     Returns:
         ``float32`` array ``3 x H x W`` with values in ``[-1, 1]``.
@@ -697,24 +751,32 @@ def render(layout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if lo < 0 or hi >= NUM_CLASSES:
         raise ValueError(f"label ids must lie in [0, {NUM_CLASSES}); got values in [{lo}, {hi}]")
     h, w = lab.shape
+    if instances is None or boxes is None:
+        instances, boxes = _components(lab)
+    inst = np.asarray(instances)
+    if inst.shape != lab.shape or inst.min() < 0 or inst.max() >= len(boxes):
+        raise ValueError("instances must be an H x W map of ids indexing boxes (see make_scene)")
     yy, xx = _grid(h, w)
     flat = lab.ravel().astype(np.uint8)
     order = np.argsort(flat, kind="stable")  # pixels grouped by class, row-major inside a class
-    ends = np.cumsum(np.bincount(flat, minlength=NUM_CLASSES))
-    starts = ends - np.bincount(flat, minlength=NUM_CLASSES)
+    counts = np.bincount(lab.ravel(), minlength=NUM_CLASSES)
+    ends = np.cumsum(counts)
+    starts = ends - counts
     idx = {c: order[starts[c] : ends[c]] for c in range(NUM_CLASSES) if ends[c] > starts[c]}
-    ground = ((lab == ROAD) | (lab == SIDEWALK)).any(1)
+    # Horizon: the first row with ground (class pixels are listed row-major, so the first is the topmost).
+    ground = [int(idx[c][0]) // w for c in (ROAD, SIDEWALK) if c in idx]
     cv = _Canvas(
         lab=lab,
         rng=rng,
         yy=yy,
         xx=xx,
-        fine=rng.standard_normal(h * w, dtype=np.float32),
+        fine=(rng.random(h * w, dtype=np.float32) - np.float32(0.5)) * np.float32(3.4),  # ~unit variance
         mid=_smooth_noise(rng, h, w, 2 * max(1, h // 64)),
         low=_smooth_noise(rng, h, w, max(4, h // 6)),
-        hz=int(np.argmax(ground)) if ground.any() else h // 2,
+        hz=min(ground) if ground else h // 2,
         dusk=bool(rng.random() < 0.25),
-        parts=_thing_parts(lab, idx, yy, xx),
+        inst=inst.ravel(),
+        boxes=boxes,
     )
     # Paint class by class into a buffer sorted by class, then un-sort with one gather.
     buf = np.empty((h * w, 3), np.float32)
@@ -728,10 +790,10 @@ def render(layout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gain = (rng.uniform(0.88, 1.08) * (1 + rng.uniform(-0.04, 0.04, 3))).astype(np.float32)
     if cv.dusk:
         gain *= np.array([1.0, 0.9, 0.85], np.float32)
-    img *= 2 * gain
-    img += np.float32(2 * rng.uniform(-0.03, 0.03) - 1) + 0.024 * cv.fine[::-1, None]
-    np.clip(img, -1, 1, out=img)
-    return np.ascontiguousarray(img.reshape(h, w, 3).transpose(2, 0, 1))
+    out = img.T * (2 * gain)[:, None]
+    out += 0.024 * cv.fine[::-1] + np.float32(2 * rng.uniform(-0.03, 0.03) - 1)
+    np.clip(out, -1, 1, out=out)
+    return out.reshape(3, h, w)
 
 
 def labels_to_rgb(label: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -751,6 +813,16 @@ def item_rng(seed: int, split: str, stream: int, index: int, height: int, width:
 
 
 class _SyntheticBase(Dataset):
+    """``n`` items of one stream. Item ``i`` depends only on ``(seed, split, i, height, width)``.
+
+    Args:
+        n: number of items.
+        height, width: image size, multiples of 32.
+        seed: data seed; ``split``: ``"train"``, ``"val"`` or ``"test"`` (disjoint streams).
+        cache: keep generated items in memory (about 100 KB per 64 x 128 photo); items are cheap to
+            regenerate (a few ms), so this is off by default.
+    """
+
     stream: int = 0
     kind: str = ""
 
@@ -789,12 +861,11 @@ class _SyntheticBase(Dataset):
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
         if self.cache and i in self._cache:
-            return dict(self._cache[i])
+            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._cache[i].items()}
         item = self._make(i)
         item["path"] = f"synthetic://{self.split}/{self.kind}/{i}"
-        if self.cache:
-            self._cache[i] = item
-            return dict(item)
+        if self.cache:  # callers may modify what they get in place: keep a private copy
+            self._cache[i] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
         return item
 
     def __repr__(self) -> str:
@@ -821,7 +892,8 @@ class SyntheticPhotos(_SyntheticBase):
 
     def _make(self, i: int) -> dict:
         rng = self._rng(i)
-        return {"image": torch.from_numpy(render(make_layout(rng, self.height, self.width), rng))}
+        scene = make_scene(rng, self.height, self.width)
+        return {"image": torch.from_numpy(render(scene.labels, rng, scene.instances, scene.boxes))}
 
 
 class SyntheticPaired(_SyntheticBase):
@@ -832,8 +904,9 @@ class SyntheticPaired(_SyntheticBase):
 
     def _make(self, i: int) -> dict:
         rng = self._rng(i)
-        lab = make_layout(rng, self.height, self.width)
-        return {"label": torch.from_numpy(lab), "image": torch.from_numpy(render(lab, rng))}
+        scene = make_scene(rng, self.height, self.width)
+        image = render(scene.labels, rng, scene.instances, scene.boxes)
+        return {"label": torch.from_numpy(scene.labels), "image": torch.from_numpy(image)}
 
 
 def stack(dataset: Dataset, key: str, n: int | None = None) -> torch.Tensor:

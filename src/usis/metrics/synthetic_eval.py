@@ -3,8 +3,10 @@
 On real data the SPADE protocol segments generated images with a pretrained network and scores the
 prediction against the label map the image was generated from (mIoU), and FID compares Inception
 features. The procedural street scenes of :mod:`usis.data.synthetic` have no such pretrained
-networks, so :class:`SyntheticEvaluator` trains its own once (about a minute on two CPU cores) on the
-PAIRED synthetic stream -- photos with their own layouts, never seen by USIS -- and caches the weights.
+networks, so :class:`SyntheticEvaluator` trains its own once (400 steps of 8 photos, single-threaded:
+about 90 s on a busy 2-core VM) on the PAIRED synthetic stream -- photos with their own layouts,
+never seen by USIS -- and caches the weights. Segmentation averages the logits of each image and its
+mirror image (test-time flip).
 
 * ``miou``: confusion matrix accumulated over the whole set, IoU per class, mean over the classes whose
   union is non-empty (the fyu/drn ``segment.py`` reference; see :mod:`usis.metrics.miou`); pixels whose
@@ -48,7 +50,7 @@ from usis.data.synthetic import (
 from usis.metrics.miou import ConfusionMatrix
 
 # Bump when the network or its training recipe changes: it keys the weights cache.
-ARCH_VERSION = 1
+ARCH_VERSION = 3
 EVAL_SEED = 20240607
 TRAIN_IMAGES = 800  # paired training photos at 64 x 128 (scaled down for larger sizes)
 TRAIN_STEPS = 400
@@ -58,6 +60,17 @@ LR = 8e-3
 WEIGHT_POWER = 0.25  # class weights ~ frequency ** -WEIGHT_POWER ...
 WEIGHT_MAX = 4.0  # ... normalised to mean 1 and clamped
 CEILING_N = 200
+WIDTHS = (16, 32, 64, 128)  # encoder widths at 1, 1/2, 1/4, 1/8 resolution
+DECODER_WIDTH = 32
+WORK_HEIGHT = 64  # taller images are resized to this height for the net (logits resized back)
+
+
+def work_size(height: int, width: int) -> tuple[int, int]:
+    """The size the net sees an ``height x width`` image at: at most :data:`WORK_HEIGHT` rows, so that
+    objects (which the renderer scales with the image height) keep the size the net was designed for."""
+    if height <= WORK_HEIGHT:
+        return height, width
+    return WORK_HEIGHT, max(8, round(width * WORK_HEIGHT / height / 8) * 8)
 
 
 def _cbr(cin: int, cout: int, stride: int = 1, dilation: int = 1, k: int = 3) -> nn.Sequential:
@@ -76,11 +89,13 @@ class EvalNet(nn.Module):
     a light decoder (1x1 projections added to upsampled coarser maps, one 3x3 conv per level), and a
     1x1 head. ``forward`` gives ``N x NUM_CLASSES`` logits at full resolution; :meth:`pooled` the
     global-average-pooled bottleneck, ``N x 128``. Inputs: float images in [-1, 1], ``N x 3 x H x W``
-    with H, W multiples of 8.
+    with H, W multiples of 8; images taller than :data:`WORK_HEIGHT` are first resized (antialiased) to
+    :func:`work_size` and their logits resized back.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, widths: tuple[int, int, int, int] = (16, 32, 64, 128), dec: int = 32):
+    def __init__(self, num_classes: int = NUM_CLASSES, widths: tuple[int, int, int, int] | None = None, dec: int | None = None):
         super().__init__()
+        widths, dec = widths or WIDTHS, dec or DECODER_WIDTH
         c0, c1, c2, c3 = widths
         self.widths = widths
         self.e0 = _cbr(3, c0)
@@ -99,8 +114,16 @@ class EvalNet(nn.Module):
         e2 = self.e2(e1)
         return e0, e1, e2, self.e3(e2)
 
+    @staticmethod
+    def _to_work_size(x: Tensor) -> Tensor:
+        size = work_size(x.shape[-2], x.shape[-1])
+        if size == tuple(x.shape[-2:]):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
     def forward(self, x: Tensor) -> Tensor:
-        e0, e1, e2, e3 = self._encode(x)
+        size = tuple(x.shape[-2:])
+        e0, e1, e2, e3 = self._encode(self._to_work_size(x))
 
         def up(a: Tensor, like: Tensor) -> Tensor:
             return F.interpolate(a, size=like.shape[-2:], mode="bilinear", align_corners=False)
@@ -108,10 +131,13 @@ class EvalNet(nn.Module):
         d = self.f2(up(self.p3(e3), e2) + self.p2(e2))
         d = self.f1(up(d, e1) + self.p1(e1))
         d = self.f0(self.p0(torch.cat([up(d, e0), e0], 1)))
-        return self.head(d)
+        logits = self.head(d)
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
 
     def pooled(self, x: Tensor) -> Tensor:
-        return self._encode(x)[3].mean(dim=(2, 3))
+        return self._encode(self._to_work_size(x))[3].mean(dim=(2, 3))
 
 
 class PooledFeatures(nn.Module):
@@ -184,15 +210,30 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
     Returns the cache record: ``{"state_dict", "meta"}`` with plain-data metadata.
     """
     check_size(height, width)
+    # Single-threaded on purpose: the weights do not depend on the thread count, and on a busy 2-core
+    # machine two threads were 3-12x SLOWER than one (about 90 s instead of 4-15 min).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(height, width, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(height: int, width: int, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    n = max(BATCH_SIZE, round(TRAIN_IMAGES * CROP[0] * CROP[1] / (height * width)))
+    # Training crops hold at most CROP pixels at the net's working size (full height for tall images).
+    f = height / work_size(height, width)[0]
+    ch, cw = min(height, round(CROP[0] * f)), min(width, round(CROP[1] * f))
+    n = round(TRAIN_IMAGES * ch * cw / (height * width))  # the same number of distinct crops...
+    n = max(BATCH_SIZE, min(n, TRAIN_IMAGES * 4 * 64 * 128 // (height * width)))  # ...within ~0.4 GB
     data = SyntheticPaired(n, height, width, seed=EVAL_SEED, split="train")
-    items = [data[i] for i in range(n)]
-    images = torch.stack([it["image"] for it in items])
-    labels = torch.stack([it["label"] for it in items])
-    del items
-    weights = _class_weights(labels)
-    ch, cw = min(height, CROP[0]), min(width, CROP[1])
+    images = torch.empty(n, 3, height, width)
+    labels = torch.empty(n, height, width, dtype=torch.uint8)
+    for i in range(n):
+        item = data[i]
+        images[i], labels[i] = item["image"], item["label"]
+    weights = _class_weights(labels.long())
 
     gen = torch.Generator().manual_seed(EVAL_SEED)
     with torch.random.fork_rng(devices=[]):
@@ -212,7 +253,7 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
         y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
         x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
         x = images[idx, :, y0 : y0 + ch, x0 : x0 + cw]
-        y = labels[idx, y0 : y0 + ch, x0 : x0 + cw]
+        y = labels[idx, y0 : y0 + ch, x0 : x0 + cw].long()
         flip = torch.rand(BATCH_SIZE, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = torch.where(flip[:, None, None], y.flip(-1), y)
@@ -236,6 +277,8 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
         "width": width,
         "data_version": DATA_VERSION,
         "arch_version": ARCH_VERSION,
+        "widths": list(net.widths),
+        "decoder_width": DECODER_WIDTH,
         "seed": EVAL_SEED,
         "train_images": n,
         "train_steps": TRAIN_STEPS,
@@ -243,6 +286,14 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
         "final_loss": float(loss.item()),
     }
     return {"state_dict": state, "meta": meta}
+
+
+def _net_for(record: dict[str, Any]) -> EvalNet:
+    meta = record.get("meta", {})
+    widths = meta.get("widths")
+    net = EvalNet(widths=tuple(widths) if widths else None, dec=meta.get("decoder_width"))
+    net.load_state_dict(record["state_dict"])
+    return net
 
 
 def _check_images(images: Tensor, height: int, width: int, what: str = "images") -> Tensor:
@@ -301,8 +352,7 @@ class SyntheticEvaluator:
         if path.exists():
             try:
                 record = torch.load(path, map_location="cpu", weights_only=True)
-                net = EvalNet()
-                net.load_state_dict(record["state_dict"])
+                net = _net_for(record)
             except Exception as e:  # corrupt or stale file: retrain and overwrite
                 warnings.warn(f"ignoring unreadable synthetic evaluator cache {path} ({e}); retraining", stacklevel=2)
                 record = None
@@ -318,8 +368,7 @@ class SyntheticEvaluator:
                     stacklevel=2,
                 )
                 path = None
-            net = EvalNet()
-            net.load_state_dict(record["state_dict"])
+            net = _net_for(record)
         return cls(net, height, width, device=device, path=path, meta=record.get("meta"))
 
     def _ceiling_file(self) -> Path:
