@@ -414,9 +414,14 @@ def _cityscapes_photos(root: Path, split: str, problems: list[str]) -> tuple[lis
     return paths, source
 
 
-def _flat_pair(root: Path, label_dir: str, photo_dir: str, name: str, contains: str,
+def _flat_pair(root_str: str, label_dir: str, photo_dir: str, name: str, contains: str,
                problems: list[str]) -> tuple[list[str], str, list[str], str]:
     """ADE20K / COCO-Stuff: one folder of label PNGs and one folder of photos per split."""
+    p = _root_problem(root_str, contains)
+    if p:
+        problems.append(p)
+        return [], "", [], ""
+    root = Path(root_str)
     lfolder, pfolder = root / label_dir, root / photo_dir
     labels = _list_files(lfolder, LABEL_EXTS)
     photos = _list_files(pfolder, PHOTO_EXTS)
@@ -493,20 +498,12 @@ def resolve_layout(cfg: Config, split: str = "train") -> Layout:
             photos, psrc = _cityscapes_photos(root, split, problems)
     elif kind == "ade20k":
         sub = {"train": "training", "val": "validation"}[split]
-        p = _root_problem(d.root, "images/ and annotations/ (ADEChallengeData2016)")
-        if p:
-            problems.append(p)
-        else:
-            labels, lsrc, photos, psrc = _flat_pair(Path(d.root), f"annotations/{sub}", f"images/{sub}", "ADE20K",
-                                                    "images/ and annotations/ (ADEChallengeData2016)", problems)
+        labels, lsrc, photos, psrc = _flat_pair(d.root, f"annotations/{sub}", f"images/{sub}", "ADE20K",
+                                                "images/ and annotations/ (ADEChallengeData2016)", problems)
     elif kind == "coco":
         coco_shift = True
-        p = _root_problem(d.root, "train_img/, train_label/, val_img/ and val_label/")
-        if p:
-            problems.append(p)
-        else:
-            labels, lsrc, photos, psrc = _flat_pair(Path(d.root), f"{split}_label", f"{split}_img", "COCO-Stuff",
-                                                    "train_img/, train_label/, val_img/ and val_label/", problems)
+        labels, lsrc, photos, psrc = _flat_pair(d.root, f"{split}_label", f"{split}_img", "COCO-Stuff",
+                                                "train_img/, train_label/, val_img/ and val_label/", problems)
     elif kind == "gta2cityscapes":
         label_root = d.label_root or d.root
         flag = "data.label_root" if d.label_root else "data.root"
