@@ -81,6 +81,34 @@ def test_sampling_does_not_change_the_training_trajectory(tmp_path):
     assert_identical(sa, sb)
 
 
+@pytest.mark.parametrize("lambda_seg", [1.0, 2.5])
+def test_segmenter_step_matches_a_separate_pass_on_the_fake_batch(tmp_path, lambda_seg):
+    # the trainer takes S's gradient from the G step's backward (same fakes, same weights); it must be
+    # the gradient of S's own loss on the detached fakes, whatever lambda_seg is
+    import copy
+
+    from usis.losses import class_balanced_ce
+    from usis.nn.generator import one_hot_labels
+
+    tr = Trainer(tiny_cfg(f"train.lambda_seg={lambda_seg}"), tmp_path, progress=False)
+    G0, S_ref, S0 = copy.deepcopy(tr.nets.G), copy.deepcopy(tr.nets.S), copy.deepcopy(tr.nets.S)
+    opt_ref = torch.optim.Adam(S_ref.parameters(), lr=tr.opt_s.defaults["lr"], betas=tr.opt_s.defaults["betas"])
+    labels = tr.loaders.next_labels()["label"]
+    photos = tr.loaders.next_photos()["image"]
+
+    torch.manual_seed(123)
+    tr.train_step(labels, photos)
+    torch.manual_seed(123)  # the same noise draw as inside the step
+    fake = G0(one_hot_labels(labels, tr.num_classes)).detach()
+    class_balanced_ce(S_ref(fake), labels, tr.dontcare).backward()
+    opt_ref.step()
+
+    for (name, p), p_ref, p0 in zip(tr.nets.S.named_parameters(), S_ref.parameters(), S0.parameters(),
+                                    strict=True):
+        torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6, msg=f"S.{name}")
+    assert any(not torch.equal(p, p0) for p, p0 in zip(tr.nets.S.parameters(), S0.parameters(), strict=True))
+
+
 def test_a_step_updates_every_network_including_the_decoder(tmp_path):
     tr = Trainer(tiny_cfg(), tmp_path, progress=False)
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in tr.nets.named().items()}

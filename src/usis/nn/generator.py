@@ -106,10 +106,13 @@ class Generator(nn.Module):
             if z.shape[:2] != (n, self.z_dim):
                 raise ValueError(f"noise must have shape ({n}, {self.z_dim}, ...), got {tuple(z.shape)}")
             seg = torch.cat((z, label_onehot), dim=1)
-        x = F.interpolate(seg, size=(h // self.downscale, w // self.downscale), mode="nearest")
-        x = self.fc(x)
+        # the conditioning at every resolution, resized once (not once per SPADE layer)
+        segs = {(h, w): seg}
+        for k in range(1, len(self.body)):
+            segs[(h >> k, w >> k)] = F.interpolate(seg, size=(h >> k, w >> k), mode="nearest")
+        x = self.fc(segs[(h // self.downscale, w // self.downscale)])
         for i, block in enumerate(self.body):
-            x = block(x, seg)
+            x = block(x, segs[tuple(x.shape[-2:])])
             if i < len(self.body) - 1:
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))

@@ -202,9 +202,14 @@ class Trainer:
         m = one_hot_labels(labels, self.num_classes)
         out: dict[str, float] = {}
 
-        # 1. generator: fool D and keep every class recognisable for S
+        # 1. generator: fool D and keep every class recognisable for S.
+        # 2. segmenter: learn to segment the generated images (never the real photos).
+        # S's own step sees the same fake batch (G's output before its update, detached) with the same
+        # weights, so one forward of S serves both: the backward of the G loss also yields
+        # lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
+        share_s = t.lambda_seg > 0
         self._requires_grad(G, True)
-        self._requires_grad(S, False)
+        self._requires_grad(S, share_s)
         self._requires_grad(D, False)
         with self._autocast():
             fake = G(m)
@@ -212,16 +217,22 @@ class Trainer:
             loss_g_adv = g_nonsaturating_loss(D(fake).float())
             loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
         self.opt_g.zero_grad(set_to_none=True)
+        self.opt_s.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         fake = fake.detach()
 
-        # 2. segmenter: learn to segment the generated images (never the real photos)
-        self._requires_grad(S, True)
-        with self._autocast():
-            loss_s = class_balanced_ce(S(fake).float(), labels, self.dontcare)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss_s.backward()
+        if share_s:
+            loss_s = loss_g_seg
+            if t.lambda_seg != 1:
+                for p in S.parameters():
+                    if p.grad is not None:
+                        p.grad.div_(t.lambda_seg)
+        else:
+            self._requires_grad(S, True)
+            with self._autocast():
+                loss_s = class_balanced_ce(S(fake).float(), labels, self.dontcare)
+            loss_s.backward()
         self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
