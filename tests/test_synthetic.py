@@ -297,9 +297,14 @@ def test_evaluate_report(evaluator, real_val):
     images, labels = real_val
     fake = images[:40].flip(-1)  # a stand-in "generator": mirrored photos, labels not mirrored
     out = evaluator.evaluate(fake, labels[:40], images[40:])
-    assert set(out) == {"miou", "miou_ceiling", "sfid"}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    per_class = {k: v for k, v in out.items() if k.startswith("iou/")}
+    assert set(out) - set(per_class) == {"miou", "miou_ceiling", "sfid"}
+    assert len(per_class) == S.NUM_CLASSES - 1  # every class but don't-care
+    assert all(isinstance(out[k], float) and math.isfinite(out[k]) for k in ("miou", "miou_ceiling", "sfid"))
     assert out["miou"] < out["miou_ceiling"]
+    finite = [v for v in per_class.values() if math.isfinite(v)]
+    assert out["miou"] == pytest.approx(sum(finite) / len(finite), abs=1e-4)
+    assert out["miou"] == pytest.approx(evaluator.miou(fake, labels[:40]), abs=1e-6)
 
 
 def test_evaluator_checks_inputs(evaluator):

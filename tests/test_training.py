@@ -168,3 +168,18 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(tmp_path):
     assert "usis train --out" in err and "--resume" in err
     state = torch.load(tmp_path / "checkpoints/latest.pt", weights_only=True)
     assert 2 <= state["step"] < 100000
+
+
+def test_demo_metrics_table():
+    from usis.demo import metrics_table
+
+    first = {"step": 0, "miou": 8.0, "miou_ceiling": 80.0, "sfid": 10.0, "iou/car": 2.0, "iou/pole": None}
+    last = {"step": 900, "miou": 44.0, "miou_ceiling": 80.0, "sfid": 2.0, "iou/car": 41.5, "iou/pole": 3.25}
+    table = metrics_table([first, {"step": 450, "miou": 20.0, "miou_ceiling": 80.0, "sfid": 5.0}, last])
+    lines = table.splitlines()
+    assert lines[0] == "| metric | step 0 | step 900 | note |"
+    assert "| mIoU / ceiling | 0.10 | 0.55 | bar: >= 0.50 |" in lines
+    assert "| sFID end / start | | 0.200 | |" in lines
+    assert "| IoU car (%) | 2.0 | 41.5 | |" in lines
+    assert "| IoU pole (%) | n/a | 3.2 | |" in lines
+    assert metrics_table([]) == "(no evaluation was recorded)"

@@ -218,7 +218,7 @@ def _preset_synthetic() -> Config:
     cfg.model = ModelConfig(g_ch=8, z_dim=8, spade_hidden=16, s_ch=8, d_ch=16, d_max_ch=64, dec_ch=32)
     cfg.train = TrainConfig(batch_size=4, iters=1200, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
                             ema_decay=0.99, log_every=10, sample_every=200, eval_every=600, ckpt_every=200,
-                            max_seconds=480, num_threads=1)
+                            max_seconds=480, num_threads=2)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
     return cfg
 

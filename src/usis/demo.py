@@ -37,6 +37,12 @@ def metrics_table(records: list[dict]) -> str:
             lines.append(f"| {name} | {first[key]:.2f} | {last[key]:.2f} | {note} |")
     if first.get("sfid"):
         lines.append(f"| sFID end / start | | {last['sfid'] / first['sfid']:.3f} | |")
+
+    def cell(v) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    for key in [k for k in last if k.startswith("iou/")]:
+        lines.append(f"| IoU {key[4:]} (%) | {cell(first.get(key))} | {cell(last[key])} | |")
     return "\n".join(lines)
 
 

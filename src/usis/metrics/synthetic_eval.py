@@ -3,8 +3,8 @@
 On real data the SPADE protocol segments generated images with a pretrained network and scores the
 prediction against the label map the image was generated from (mIoU), and FID compares Inception
 features. The procedural street scenes of :mod:`usis.data.synthetic` have no such pretrained
-networks, so :class:`SyntheticEvaluator` trains its own once (400 steps of 8 photos, single-threaded:
-about 90 s on a busy 2-core VM) on the PAIRED synthetic stream -- photos with their own layouts,
+networks, so :class:`SyntheticEvaluator` trains its own once (400 steps of 8 photos with
+the process's intra-op threads; timing in benchmarks/RESULTS.md) on the PAIRED synthetic stream -- photos with their own layouts,
 never seen by USIS -- and caches the weights. Segmentation averages the logits of each image and its
 mirror image (test-time flip).
 
@@ -210,17 +210,6 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
     Returns the cache record: ``{"state_dict", "meta"}`` with plain-data metadata.
     """
     check_size(height, width)
-    # Single-threaded on purpose: the weights do not depend on the thread count, and on a busy 2-core
-    # machine two threads were 3-12x SLOWER than one (about 90 s instead of 4-15 min).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train(height, width, progress)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(height: int, width: int, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     # Training crops hold at most CROP pixels at the net's working size (full height for tall images).
     f = height / work_size(height, width)[0]
@@ -466,9 +455,14 @@ class SyntheticEvaluator:
         return self._ceiling[n]
 
     def evaluate(self, fake_images: Tensor, labels: Tensor, real_images: Tensor) -> dict[str, float]:
-        """``{"miou", "miou_ceiling", "sfid"}`` for generated images made from ``labels``, vs real photos."""
-        return {
-            "miou": self.miou(fake_images, labels),
+        """``{"miou", "miou_ceiling", "sfid", "iou/<class>"...}`` for generated images made from ``labels``,
+        vs real photos (per-class IoU in percent; NaN where a class is in neither prediction nor labels)."""
+        cm = self.confusion(fake_images, labels)
+        iou = cm.iou()
+        out = {
+            "miou": cm.miou(over="union"),
             "miou_ceiling": self.ceiling(),
             "sfid": self.sfid(fake_images, real_images),
         }
+        out.update({f"iou/{CLASS_NAMES[c]}": float(iou[c]) * 100.0 for c in range(NUM_CLASSES) if c != DONTCARE})
+        return out

@@ -382,8 +382,10 @@ class Trainer:
 
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         if self.is_main:
+            # NaN (e.g. the IoU of a class absent from both prediction and labels) -> null: strict JSON
+            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
             with open(self.out / name, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def run_evaluation(self) -> dict[str, float] | None:
         if self.evaluator is None or not self.is_main:
