@@ -207,18 +207,20 @@ def _preset_synthetic() -> Config:
 
     The widths are the paper's architecture scaled down (SPADE generator ch=8, SPADE hidden 16, 8-d
     noise; segmenter ch=8; SWAGAN discriminator at 1/4 width); R1 gamma 1 suits 64x128 images at
-    batch 4 (StyleGAN2's heuristic gives ~0.4; the paper's 10 is for 256x512). ``max_seconds`` is a
-    safety net so that ``make demo`` ends within 15 minutes even on a slow machine. One intra-op
-    thread: convolutions this narrow run faster on one thread than on two (thread start-up dominates),
-    and a single thread does not collapse when another process shares the cores.
+    batch 4 (StyleGAN2's heuristic gives ~0.4; the paper's 10 is for 256x512). Learning rates and
+    lambda_seg are the paper's Cityscapes values: in tuning runs of 700-1200 steps, lr_G 1e-3,
+    lambda_seg 2-4, batch 8, wider G or D and longer EMA windows were all within the run-to-run spread
+    (about +-5 mIoU points; benchmarks/RESULTS.md). ``max_seconds`` is a safety net so that
+    ``make demo`` ends within 15 minutes even on a slow machine. Two intra-op threads: 1.4-1.9x faster than one on an idle
+    2-core machine (but slower when another process shares the cores).
     """
     cfg = Config(preset="synthetic")
     cfg.data = DataConfig(kind="synthetic", num_classes=10, dontcare=0, height=64, width=128, load_size=0,
                           flip=True, num_workers=0)
     cfg.model = ModelConfig(g_ch=8, z_dim=8, spade_hidden=16, s_ch=8, d_ch=16, d_max_ch=64, dec_ch=32)
-    cfg.train = TrainConfig(batch_size=4, iters=1200, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
-                            ema_decay=0.99, log_every=10, sample_every=200, eval_every=600, ckpt_every=200,
-                            max_seconds=480, num_threads=2)
+    cfg.train = TrainConfig(batch_size=4, iters=1400, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
+                            ema_decay=0.99, log_every=10, sample_every=200, eval_every=700, ckpt_every=200,
+                            max_seconds=540, num_threads=2)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
     return cfg
 
