@@ -211,8 +211,8 @@ def _preset_synthetic() -> Config:
     lambda_seg are the paper's Cityscapes values: in tuning runs of 700-1200 steps, lr_G 1e-3,
     lambda_seg 2-4, batch 8, wider G or D and longer EMA windows were all within the run-to-run spread
     (about +-5 mIoU points; benchmarks/RESULTS.md). ``max_seconds`` is a safety net so that
-    ``make demo`` ends within 15 minutes even on a slow machine. Two intra-op threads: 1.4-1.9x faster than one on an idle
-    2-core machine (but slower when another process shares the cores).
+    ``make demo`` ends within 15 minutes even on a slow machine. Two intra-op threads: 1.4-1.9x
+    faster than one on an idle 2-core machine (but slower when another process shares the cores).
     """
     cfg = Config(preset="synthetic")
     cfg.data = DataConfig(kind="synthetic", num_classes=10, dontcare=0, height=64, width=128, load_size=0,

@@ -299,6 +299,12 @@ def _check_images(images: Tensor, height: int, width: int, what: str = "images")
     return images
 
 
+def _named_iou(cm) -> dict[str, float]:
+    """IoU in percent per real class name from a confusion matrix (don't-care left out)."""
+    iou = cm.iou()
+    return {CLASS_NAMES[c]: float(iou[c]) * 100.0 for c in range(NUM_CLASSES) if c != DONTCARE}
+
+
 class SyntheticEvaluator:
     """mIoU, its real-photo ceiling and sFID for the synthetic preset (see the module docstring)."""
 
@@ -416,8 +422,7 @@ class SyntheticEvaluator:
 
     def per_class_iou(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         """IoU in percent per real class name (NaN where a class is in neither prediction nor labels)."""
-        iou = self.confusion(images, labels).iou()
-        return {CLASS_NAMES[c]: float(iou[c]) * 100.0 for c in range(NUM_CLASSES) if c != DONTCARE}
+        return _named_iou(self.confusion(images, labels))
 
     def feature_extractor(self) -> PooledFeatures:
         return PooledFeatures(self.net)
@@ -458,11 +463,10 @@ class SyntheticEvaluator:
         """``{"miou", "miou_ceiling", "sfid", "iou/<class>"...}`` for generated images made from ``labels``,
         vs real photos (per-class IoU in percent; NaN where a class is in neither prediction nor labels)."""
         cm = self.confusion(fake_images, labels)
-        iou = cm.iou()
         out = {
             "miou": cm.miou(over="union"),
             "miou_ceiling": self.ceiling(),
             "sfid": self.sfid(fake_images, real_images),
         }
-        out.update({f"iou/{CLASS_NAMES[c]}": float(iou[c]) * 100.0 for c in range(NUM_CLASSES) if c != DONTCARE})
+        out.update({f"iou/{name}": v for name, v in _named_iou(cm).items()})
         return out

@@ -177,6 +177,7 @@ class Trainer:
         self.evaluator = evaluator
         self._writer = None
         self._fixed = None
+        self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -294,6 +295,7 @@ class Trainer:
         self.opt_d.load_state_dict(state["optim"]["D"])
         self.loaders.load_state_dict(state["loaders"])
         self.step = int(state["step"])
+        self._ema_bn_step = None
         self.best = dict(state.get("best", {}))
         set_rng_state(state["rng"])
 
@@ -327,7 +329,12 @@ class Trainer:
 
     @torch.no_grad()
     def refresh_ema_bn(self) -> None:
-        """Recompute the EMA generator's BN statistics on the first training label batches (fixed noise)."""
+        """Recompute the EMA generator's BN statistics on the first training label batches (fixed noise).
+
+        Deterministic for given EMA weights, which change only in ``train_step``: once per step is enough
+        (a sample grid, an evaluation, best.pt and latest.pt often fall on the same step)."""
+        if self._ema_bn_step == self.step:
+            return
         n = self.cfg.train.ema_bn_batches
         bs = self.cfg.train.batch_size
         ds = self.train_data.labels
@@ -337,6 +344,7 @@ class Trainer:
             labels = torch.stack([_item(ds, i)["label"] for i in idx]).to(self.device)
             batches.append((one_hot_labels(labels, self.num_classes), self._noise(bs, 10_000 + b)))
         refresh_batchnorm(self.nets.G_ema, batches)
+        self._ema_bn_step = self.step
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, seed: int, batch_size: int = 16) -> torch.Tensor:
