@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
-python3 -m pytest -q -x tests/test_networks.py tests/test_losses.py tests/test_wavelets.py -p no:cacheprovider 2>&1 | tail -3
+python3 -m pytest -q -x tests/test_cuda.py tests/test_networks.py tests/test_losses.py tests/test_wavelets.py -p no:cacheprovider 2>&1 | tail -4
 for b in 1 8; do
   python3 benchmarks/train_step.py --preset cityscapes --batch $b --iters 8 --json
   python3 benchmarks/train_step.py --preset cityscapes --batch $b --iters 8 --set train.amp=true --json

@@ -63,3 +63,11 @@ def test_config_roundtrip():
     cfg = C.apply_overrides(C.get_preset("ade20k"), ["data.dontcare=none"])
     assert cfg.data.dontcare is None
     assert C.Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_float_field_with_an_int_preset_value_takes_a_float():
+    # the synthetic preset writes max_seconds=540 (an int); the field is a float
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["train.max_seconds=12.5", "train.iters=7"])
+    assert cfg.train.max_seconds == 12.5 and cfg.train.iters == 7
+    with pytest.raises(C.ConfigError, match="expected an integer"):
+        C.apply_overrides(C.get_preset("synthetic"), ["train.iters=7.5"])

@@ -62,6 +62,7 @@ class ModelConfig:
     spectral_norm: bool = True
     noise_3d: bool = True
     spade_hidden: int = 128
+    pixel_noise: int = 0  # EXPERIMENTAL: i.i.d. per-pixel noise channels added to the conditioning
     # segmenter (OASIS U-Net)
     s_ch: int = 64
     s_extra_channel: bool = False  # the reference's unused "fake" output channel (for size parity only)
@@ -280,10 +281,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
         obj = getattr(cfg, section, None)
         if obj is None or not dataclasses.is_dataclass(obj):
             raise ConfigError(f"--set {key}: unknown section {section!r} (data, model, train, eval)")
-        fields = {f.name for f in dataclasses.fields(obj)}
+        fields = {f.name: f for f in dataclasses.fields(obj)}
         if name not in fields:
             raise ConfigError(f"--set {key}: unknown field {name!r}; {section} has: {', '.join(sorted(fields))}")
-        setattr(obj, name, _parse_value(text.strip(), getattr(obj, name), key))
+        current = getattr(obj, name)
+        if str(fields[name].type) == "float" and isinstance(current, int) and not isinstance(current, bool):
+            current = float(current)  # a float field whose preset value happens to be written as an int
+        setattr(obj, name, _parse_value(text.strip(), current, key))
     return cfg.sync()
 
 

@@ -57,11 +57,13 @@ class Generator(nn.Module):
     """
 
     def __init__(self, num_classes: int, ch: int = 64, z_dim: int = 64, norm: str = "batch",
-                 spectral_norm: bool = True, noise_3d: bool = True, spade_hidden: int = 128):
+                 spectral_norm: bool = True, noise_3d: bool = True, spade_hidden: int = 128,
+                 pixel_noise: int = 0):
         super().__init__()
         self.num_classes = num_classes
         self.z_dim = z_dim if noise_3d else 0
-        cond = num_classes + self.z_dim
+        self.pixel_noise = pixel_noise
+        cond = num_classes + self.z_dim + pixel_noise
         widths = [w * ch for w in WIDTHS]
         self.fc = nn.Conv2d(cond, widths[0], 3, padding=1)
         self.body = nn.ModuleList(
@@ -106,6 +108,9 @@ class Generator(nn.Module):
             if z.shape[:2] != (n, self.z_dim):
                 raise ValueError(f"noise must have shape ({n}, {self.z_dim}, ...), got {tuple(z.shape)}")
             seg = torch.cat((z, label_onehot), dim=1)
+        if self.pixel_noise:
+            pn = torch.randn(n, self.pixel_noise, h, w, device=seg.device, dtype=seg.dtype)
+            seg = torch.cat((seg, pn), dim=1)
         # the conditioning at every resolution, resized once (not once per SPADE layer)
         segs = {(h, w): seg}
         for k in range(1, len(self.body)):

@@ -60,7 +60,7 @@ class Networks:
 def build_generator(cfg: Config) -> Generator:
     m = cfg.model
     return Generator(m.num_classes, ch=m.g_ch, z_dim=m.z_dim, norm=m.g_norm, spectral_norm=m.spectral_norm,
-                     noise_3d=m.noise_3d, spade_hidden=m.spade_hidden)
+                     noise_3d=m.noise_3d, spade_hidden=m.spade_hidden, pixel_noise=m.pixel_noise)
 
 
 def build_networks(cfg: Config) -> Networks:
