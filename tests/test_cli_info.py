@@ -44,6 +44,10 @@ def test_paper_hyperparameters_in_presets():
     assert C.get_preset("coco").data.num_classes == 183
     assert cs.model.z_dim == 64 and cs.model.g_ch == 64 and cs.model.spade_hidden == 128
     assert cs.train.r1_gamma == 10 and cs.train.r1_every == 4
+    # the paper's generator (no per-pixel noise) and constant learning rates in every real-data preset
+    for name in ("cityscapes", "ade20k", "coco", "gta2cityscapes", "folder"):
+        p = C.get_preset(name)
+        assert p.model.pixel_noise == 0 and p.train.lr_decay_from == 1.0, name
 
 
 @pytest.mark.parametrize("bad,msg", [

@@ -79,6 +79,22 @@ def test_spatial_noise_gives_regions_their_own_style():
     assert G(m, torch.randn(1, 8, 4, 4)).shape == (1, 3, 64, 64)
 
 
+def test_pixel_noise_changes_fine_detail_and_is_reproducible():
+    torch.manual_seed(0)
+    G = small_generator(pixel_noise=2).eval()
+    m = onehot(2, 64, 64)
+    z = torch.randn(2, 8)
+    n1 = G.sample_pixel_noise(2, 64, 64, generator=torch.Generator().manual_seed(1))
+    n2 = G.sample_pixel_noise(2, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert n1.shape == (2, 2, 64, 64)
+    assert torch.equal(G(m, z, n1), G(m, z, n1.clone()))
+    assert (G(m, z, n1) - G(m, z, n2)).abs().mean() > 1e-4
+    assert not torch.equal(G(m, z), G(m, z))  # no map given: fresh noise each call
+    with pytest.raises(ValueError, match="pixel noise"):
+        G(m, z, torch.zeros(2, 3, 64, 64))
+    assert small_generator().sample_pixel_noise(2, 64, 64) is None
+
+
 def test_without_3d_noise_the_output_is_deterministic():
     G = small_generator(noise_3d=False).eval()
     m = onehot(1, 64, 64)

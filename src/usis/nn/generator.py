@@ -54,6 +54,10 @@ class Generator(nn.Module):
         spectral_norm: spectral norm on the residual convolutions.
         noise_3d: concatenate noise to the label map (off: one image per label map).
         spade_hidden: SPADE hidden width (128).
+        pixel_noise: extra conditioning channels of i.i.d. per-pixel noise (0 in the paper). Not part of
+            USIS: the paper's only noise is the per-image vector, so a stochastic texture such as sensor
+            grain can only be imitated by deterministic (often lattice-like) patterns; a few noise
+            channels give the generator a source for it.
     """
 
     def __init__(self, num_classes: int, ch: int = 64, z_dim: int = 64, norm: str = "batch",
@@ -73,18 +77,29 @@ class Generator(nn.Module):
         self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
         self.downscale = 2 ** (len(self.body) - 1)  # 32: latent size = output size / 32
 
+    def sample_pixel_noise(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> torch.Tensor | None:
+        """``n x pixel_noise x height x width`` ~ N(0, I), or ``None`` without pixel noise."""
+        if not self.pixel_noise:
+            return None
+        noise = torch.randn(n, self.pixel_noise, height, width, generator=generator)
+        return noise.to(device if device is not None else self.fc.weight.device)
+
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
         """One noise vector per image, ``n x z_dim`` ~ N(0, I)."""
         device = device if device is not None else self.fc.weight.device
         return torch.randn(n, self.z_dim, generator=generator, device=device)
 
-    def forward(self, label_onehot: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, label_onehot: torch.Tensor, z: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
             label_onehot: ``N x C x H x W`` one-hot (float), H and W multiples of 32.
             z: ``N x z_dim`` (broadcast over the image, as in the paper) or ``N x z_dim x h x w``
                (a noise map, resized to H x W with nearest neighbours: a style per region).
                ``None`` draws fresh noise.
+            noise: with ``pixel_noise > 0`` only: ``N x pixel_noise x H x W`` i.i.d. N(0, 1) per-pixel
+               noise (see :meth:`sample_pixel_noise`); ``None`` draws fresh noise.
         Returns:
             ``N x 3 x H x W`` in [-1, 1].
         """
@@ -109,8 +124,12 @@ class Generator(nn.Module):
                 raise ValueError(f"noise must have shape ({n}, {self.z_dim}, ...), got {tuple(z.shape)}")
             seg = torch.cat((z, label_onehot), dim=1)
         if self.pixel_noise:
-            pn = torch.randn(n, self.pixel_noise, h, w, device=seg.device, dtype=seg.dtype)
-            seg = torch.cat((seg, pn), dim=1)
+            if noise is None:
+                noise = torch.randn(n, self.pixel_noise, h, w, device=seg.device)
+            if noise.shape != (n, self.pixel_noise, h, w):
+                raise ValueError(f"pixel noise must have shape ({n}, {self.pixel_noise}, {h}, {w}), "
+                                 f"got {tuple(noise.shape)}")
+            seg = torch.cat((seg, noise.to(seg.dtype)), dim=1)
         # the conditioning at every resolution, resized once (not once per SPADE layer)
         segs = {(h, w): seg}
         for k in range(1, len(self.body)):

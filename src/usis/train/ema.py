@@ -33,7 +33,8 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 def refresh_batchnorm(model: nn.Module, inputs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Recompute BN running statistics of ``model`` as the plain average over ``inputs``.
 
-    ``inputs`` yields ``(label_onehot, noise)`` pairs. The model is left in eval mode.
+    ``inputs`` yields the model's positional arguments, e.g. ``(label_onehot, z)`` or
+    ``(label_onehot, z, pixel_noise)``. The model is left in eval mode.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -46,8 +47,8 @@ def refresh_batchnorm(model: nn.Module, inputs: Iterable[tuple[torch.Tensor, tor
     model.eval()  # only BN in training mode: spectral-norm power iterations must not advance here
     for bn in bns:
         bn.train()
-    for onehot, z in inputs:
-        model(onehot, z)
+    for args in inputs:
+        model(*args)
     for bn, m in zip(bns, momenta, strict=True):
         bn.momentum = m
     model.eval()

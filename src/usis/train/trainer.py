@@ -181,6 +181,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ helpers
 
+    def lr_factor(self, progress: float) -> float:
+        """The learning-rate multiplier at ``progress`` (0..1) of the run (``train.lr_decay_from``)."""
+        start = self.cfg.train.lr_decay_from
+        if start >= 1.0 or progress <= start:
+            return 1.0
+        return max(0.0, (1.0 - progress) / (1.0 - start))
+
+    def _set_lr_factor(self, factor: float) -> None:
+        t = self.cfg.train
+        for opt, base in ((self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -323,9 +336,13 @@ class Trainer:
             self._fixed = (labels, photos)
         return self._fixed
 
-    def _noise(self, n: int, seed: int) -> torch.Tensor:
+    def _noise(self, n: int, seed: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The noise vectors (and per-pixel noise, if the generator has any) of ``n`` images from ``seed``;
+        its own RNG, so sampling never shifts the training noise."""
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(n, max(self.nets.G.z_dim, 1), generator=g)[:, : self.nets.G.z_dim].to(self.device)
+        G = self.nets.G
+        z = torch.randn(n, max(G.z_dim, 1), generator=g)[:, : G.z_dim].to(self.device)
+        return z, G.sample_pixel_noise(n, height, width, generator=g, device=self.device)
 
     @torch.no_grad()
     def refresh_ema_bn(self) -> None:
@@ -342,7 +359,8 @@ class Trainer:
         for b in range(n):
             idx = [(b * bs + i) % len(ds) for i in range(bs)]
             labels = torch.stack([_item(ds, i)["label"] for i in idx]).to(self.device)
-            batches.append((one_hot_labels(labels, self.num_classes), self._noise(bs, 10_000 + b)))
+            z, noise = self._noise(bs, 10_000 + b, *labels.shape[-2:])
+            batches.append((one_hot_labels(labels, self.num_classes), z, noise))
         refresh_batchnorm(self.nets.G_ema, batches)
         self._ema_bn_step = self.step
 
@@ -350,11 +368,12 @@ class Trainer:
     def generate(self, labels: torch.Tensor, seed: int, batch_size: int = 16) -> torch.Tensor:
         """EMA generator images for ``labels`` (N x H x W) with noise from ``seed``; returned on the CPU."""
         G = self.nets.G_ema.eval()
-        z = self._noise(len(labels), seed)
+        z, noise = self._noise(len(labels), seed, *labels.shape[-2:])
         outs = []
         for i in range(0, len(labels), batch_size):
             m = one_hot_labels(labels[i:i + batch_size].to(self.device), self.num_classes)
-            outs.append(G(m, z[i:i + batch_size]).float().cpu())
+            pn = None if noise is None else noise[i:i + batch_size]
+            outs.append(G(m, z[i:i + batch_size], pn).float().cpu())
         return torch.cat(outs)
 
     @torch.no_grad()
@@ -437,13 +456,19 @@ class Trainer:
             while self.step < total:
                 labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
+                if t.lr_decay_from < 1.0:
+                    progress = self.step / max(total, 1)
+                    if t.max_seconds:
+                        progress = max(progress, (time.time() - t0) / t.max_seconds)
+                    self._set_lr_factor(self.lr_factor(progress))
                 last = self.train_step(labels, photos)
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == total:
                     rate = (self.step - s0) / max(time.time() - t0, 1e-9)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k in ("loss_g_seg", "loss_g_adv",
                                                                                       "loss_s", "loss_d")})
-                    self._append_jsonl("stats.jsonl", {"step": self.step, "it_s": rate, **last})
+                    self._append_jsonl("stats.jsonl", {"step": self.step, "it_s": rate,
+                                                       "lr_g": self.opt_g.param_groups[0]["lr"], **last})
                     if self.writer is not None:
                         for k, v in last.items():
                             self.writer.add_scalar(f"train/{k}", v, self.step)
