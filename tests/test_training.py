@@ -206,3 +206,21 @@ def test_linear_learning_rate_decay_over_the_end_of_the_run(tmp_path):
     assert const.opt_g.param_groups[0]["lr"] == const.cfg.train.lr_g
     with pytest.raises(C.ConfigError, match="lr_decay_from"):
         C.validate(tiny_cfg("train.lr_decay_from=1.5"))
+
+
+def test_an_evaluation_step_is_evaluated_and_logged_once(tmp_path):
+    # the time budget can end a run on a periodic-evaluation step; the final evaluation must not repeat it
+    calls = []
+
+    def evaluator(trainer):
+        calls.append(trainer.step)
+        return {"score": float(trainer.step)}
+
+    tr = Trainer(tiny_cfg(), tmp_path, progress=False, evaluator=evaluator)
+    tr.fit(2, eval_at_start=False)
+    assert calls == [2]
+    assert tr.run_evaluation() == {"score": 2.0} and calls == [2]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2]
+    tr.fit(3, eval_at_start=False)  # a new step is evaluated again
+    assert calls == [2, 3]

@@ -178,6 +178,7 @@ class Trainer:
         self._writer = None
         self._fixed = None
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
+        self._eval_cache: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last evaluation
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -309,6 +310,7 @@ class Trainer:
         self.loaders.load_state_dict(state["loaders"])
         self.step = int(state["step"])
         self._ema_bn_step = None
+        self._eval_cache = None
         self.best = dict(state.get("best", {}))
         set_rng_state(state["rng"])
 
@@ -415,10 +417,16 @@ class Trainer:
                 f.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def run_evaluation(self) -> dict[str, float] | None:
+        """Evaluate the EMA generator and log one ``metrics.jsonl`` record per step: a second call at the
+        same step (a periodic evaluation that coincides with the final one, e.g. when the time budget
+        ends the run on an evaluation step) returns the same metrics without evaluating again."""
         if self.evaluator is None or not self.is_main:
             return None
+        if self._eval_cache is not None and self._eval_cache[0] == self.step:
+            return dict(self._eval_cache[1])
         self.refresh_ema_bn()
         metrics = self.evaluator(self)
+        self._eval_cache = (self.step, dict(metrics))
         record = {"step": self.step, **metrics}
         self._append_jsonl("metrics.jsonl", record)
         if self.writer is not None:
