@@ -18,11 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import usis.data.synthetic as S
+from usis.data.synthetic import stack
 from usis.metrics.synthetic_eval import SyntheticEvaluator
-
-
-def stack(ds, key, n):
-    return torch.stack([ds[i][key] for i in range(n)])
 
 
 def main() -> None:

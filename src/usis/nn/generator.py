@@ -79,11 +79,15 @@ class Generator(nn.Module):
 
     def sample_pixel_noise(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
                            device: torch.device | str | None = None) -> torch.Tensor | None:
-        """``n x pixel_noise x height x width`` ~ N(0, I), or ``None`` without pixel noise."""
+        """``n x pixel_noise x height x width`` ~ N(0, I), or ``None`` without pixel noise. With a (CPU)
+        ``generator`` the draw happens on the CPU and is moved to ``device``; without one it comes from
+        the global RNG of ``device``."""
         if not self.pixel_noise:
             return None
-        noise = torch.randn(n, self.pixel_noise, height, width, generator=generator)
-        return noise.to(device if device is not None else self.fc.weight.device)
+        device = device if device is not None else self.fc.weight.device
+        if generator is None:
+            return torch.randn(n, self.pixel_noise, height, width, device=device)
+        return torch.randn(n, self.pixel_noise, height, width, generator=generator).to(device)
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
@@ -125,7 +129,7 @@ class Generator(nn.Module):
             seg = torch.cat((z, label_onehot), dim=1)
         if self.pixel_noise:
             if noise is None:
-                noise = torch.randn(n, self.pixel_noise, h, w, device=seg.device)
+                noise = self.sample_pixel_noise(n, h, w, device=seg.device)
             if noise.shape != (n, self.pixel_noise, h, w):
                 raise ValueError(f"pixel noise must have shape ({n}, {self.pixel_noise}, {h}, {w}), "
                                  f"got {tuple(noise.shape)}")
