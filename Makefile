@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= runs/demo
+NEED_GB ?= 7
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -13,6 +14,15 @@ install: $(STAMP)
 
 # Re-runs only when pyproject.toml changes; pip resolves torch/torchvision from what the machine offers.
 $(STAMP): pyproject.toml
+	@# PyTorch (a CUDA build on most machines) takes ~6 GiB: say so up front instead of dying mid-install.
+	@if ! { test -x $(BIN)/python && $(BIN)/python -c "import torch" 2>/dev/null; }; then \
+	  free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(NEED_GB) ]; then \
+	    echo "usis: only $$free GiB free on this disk; installing PyTorch into $(VENV) needs about $(NEED_GB) GiB." >&2; \
+	    echo "      Free some space (old clones, stale .venv folders) or run make NEED_GB=0 to try anyway." >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@$(BIN)/python -c "import usis, torch, torchmetrics" || (echo "install failed" && exit 1)
