@@ -25,11 +25,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _stack(ds, key: str, n: int | None = None) -> torch.Tensor:
-    n = len(ds) if n is None else n
-    return torch.stack([ds[i][key] for i in range(n)])
-
-
 # ---------------------------------------------------------------------------------------------------- #
 # Data
 # ---------------------------------------------------------------------------------------------------- #
@@ -99,7 +94,7 @@ def test_bad_sizes_are_refused(size):
 
 
 def test_labels_in_range_with_little_dontcare():
-    labels = _stack(S.SyntheticLabels(50, seed=1), "label")
+    labels = S.stack(S.SyntheticLabels(50, seed=1), "label")
     assert int(labels.min()) >= 0 and int(labels.max()) < S.NUM_CLASSES
     share = (labels == S.DONTCARE).float().mean(dim=(1, 2))
     assert float(share.mean()) < 0.03 and float(share.max()) < 0.08
@@ -107,7 +102,7 @@ def test_labels_in_range_with_little_dontcare():
 
 
 def test_every_class_appears_and_sizes_are_street_like():
-    labels = _stack(S.SyntheticLabels(50, seed=2), "label")
+    labels = S.stack(S.SyntheticLabels(50, seed=2), "label")
     present = torch.stack([(labels == c).flatten(1).any(1) for c in range(S.NUM_CLASSES)], 1).float().mean(0)
     share = torch.bincount(labels.reshape(-1), minlength=S.NUM_CLASSES).double() / labels.numel()
     for c, name in enumerate(S.CLASS_NAMES):
@@ -126,7 +121,7 @@ def test_every_class_appears_and_sizes_are_street_like():
 
 
 def test_layouts_vary():
-    labels = _stack(S.SyntheticLabels(20, seed=5), "label")
+    labels = S.stack(S.SyntheticLabels(20, seed=5), "label")
     for i in range(19):
         assert (labels[i] != labels[i + 1]).float().mean() > 0.05
 
@@ -158,7 +153,7 @@ def test_splits_differ():
 
 def test_photos_have_texture_in_every_class():
     data = S.SyntheticPaired(40, seed=7)
-    images, labels = _stack(data, "image"), _stack(data, "label")
+    images, labels = S.stack(data, "image"), S.stack(data, "label")
     assert images.dtype == torch.float32
     assert float(images.min()) >= -1 and float(images.max()) <= 1
     assert float(images.std()) > 0.3  # uses the range
@@ -250,7 +245,7 @@ def evaluator(cache_dir):
 @pytest.fixture(scope="module")
 def real_val():
     data = S.SyntheticPaired(64, H, W, seed=E.EVAL_SEED + 1, split="val")
-    return _stack(data, "image"), _stack(data, "label")
+    return S.stack(data, "image"), S.stack(data, "label")
 
 
 def test_evaluator_reaches_its_ceiling_bar(evaluator):
@@ -283,7 +278,7 @@ def test_miou_drops_for_wrong_labels(evaluator, real_val):
 
 def test_sfid(evaluator, real_val):
     real = real_val[0]
-    other = _stack(S.SyntheticPhotos(64, H, W, seed=11, split="val"), "image")
+    other = S.stack(S.SyntheticPhotos(64, H, W, seed=11, split="val"), "image")
     same = evaluator.sfid(real, real)
     close = evaluator.sfid(other, real)
     swapped = evaluator.sfid(real[:, [2, 1, 0]], real)
@@ -343,7 +338,7 @@ def test_weights_cache_is_reused(evaluator, cache_dir, monkeypatch):
     monkeypatch.setattr(E, "train_evaluator", no_training)
     again = E.SyntheticEvaluator.load_or_train(H, W, cache_dir=cache_dir, progress=False)
     assert os.stat(path).st_mtime_ns == mtime
-    images = _stack(S.SyntheticPhotos(4, seed=1), "image")
+    images = S.stack(S.SyntheticPhotos(4, seed=1), "image")
     assert torch.equal(again.segment(images), evaluator.segment(images))
     # The ceiling is stored next to the weights and read back.
     assert json.loads(path.with_suffix(".ceiling.json").read_text())[str(E.CEILING_N)] == evaluator.ceiling()

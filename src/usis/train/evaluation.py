@@ -6,22 +6,17 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from usis.config import Config
-
-
-def _stack(ds, key: str, n: int) -> torch.Tensor:
-    return torch.stack([ds[i][key] for i in range(n)])
 
 
 def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]]:
     """mIoU / ceiling / sFID with the synthetic preset's own segmentation network."""
+    from usis.data.synthetic import stack
     from usis.metrics.synthetic_eval import SyntheticEvaluator
 
     n = min(cfg.eval.num_images or len(val.labels), len(val.labels), len(val.photos))
-    labels = _stack(val.labels, "label", n)
-    real = _stack(val.photos, "image", n)
+    labels = stack(val.labels, "label", n)
+    real = stack(val.photos, "image", n)
     state: dict[str, Any] = {}
 
     def evaluate(trainer) -> dict[str, float]:
