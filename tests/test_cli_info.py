@@ -70,7 +70,7 @@ def test_config_roundtrip():
 
 
 def test_float_field_with_an_int_preset_value_takes_a_float():
-    # the synthetic preset writes max_seconds=600 (an int); the field is a float
+    # the synthetic preset writes max_seconds=540 (an int); the field is a float
     cfg = C.apply_overrides(C.get_preset("synthetic"), ["train.max_seconds=12.5", "train.iters=7"])
     assert cfg.train.max_seconds == 12.5 and cfg.train.iters == 7
     with pytest.raises(C.ConfigError, match="expected an integer"):

@@ -181,11 +181,16 @@ def test_demo_metrics_table():
     table = metrics_table([first, {"step": 450, "miou": 20.0, "miou_ceiling": 80.0, "sfid": 5.0}, last])
     lines = table.splitlines()
     assert lines[0] == "| metric | step 0 | step 900 | note |"
-    assert "| mIoU / ceiling | 0.10 | 0.55 | bar: >= 0.50 |" in lines
-    assert "| sFID end / start | | 0.200 | |" in lines
+    assert "| mIoU / ceiling | 0.100 | 0.550 | bar: >= 0.50 (met) |" in lines
+    assert "| sFID end / start | | 0.200 | bar: <= 0.25 (met) |" in lines
     assert "| IoU car (%) | 2.0 | 41.5 | |" in lines
     assert "| IoU pole (%) | n/a | 3.2 | |" in lines
     assert metrics_table([]) == "(no evaluation was recorded)"
+    # just under a bar is "not met", whatever the rounding would suggest
+    close = {"step": 1597, "miou": 42.73, "miou_ceiling": 86.24, "sfid": 1.48}
+    lines = metrics_table([{"step": 0, "miou": 9.0, "miou_ceiling": 86.24, "sfid": 4.68}, close]).splitlines()
+    assert "| mIoU / ceiling | 0.104 | 0.495 | bar: >= 0.50 (not met) |" in lines
+    assert "| sFID end / start | | 0.316 | bar: <= 0.25 (not met) |" in lines
 
 
 def test_linear_learning_rate_decay_over_the_end_of_the_run(tmp_path):

@@ -25,18 +25,20 @@ def metrics_table(records: list[dict]) -> str:
         ("mIoU on generated images (%)", "miou", "higher is better"),
         ("mIoU ceiling: evaluator on real photos (%)", "miou_ceiling", "fixed"),
         ("mIoU / ceiling", None, "bar: >= 0.50"),
-        ("sFID (evaluator features)", "sfid", "lower is better; bar: <= 25% of start"),
+        ("sFID (evaluator features)", "sfid", "lower is better"),
     ]
     lines = [f"| metric | step {first['step']} | step {last['step']} | note |", "|---|---:|---:|---|"]
     for name, key, note in rows:
         if key is None:
             a = first["miou"] / first["miou_ceiling"]
             b = last["miou"] / last["miou_ceiling"]
-            lines.append(f"| {name} | {a:.2f} | {b:.2f} | {note} |")
+            # three decimals and a verdict: 0.4955 must not read as "0.50, bar >= 0.50"
+            lines.append(f"| {name} | {a:.3f} | {b:.3f} | {note} ({'met' if b >= 0.5 else 'not met'}) |")
         else:
             lines.append(f"| {name} | {first[key]:.2f} | {last[key]:.2f} | {note} |")
     if first.get("sfid"):
-        lines.append(f"| sFID end / start | | {last['sfid'] / first['sfid']:.3f} | |")
+        r = last["sfid"] / first["sfid"]
+        lines.append(f"| sFID end / start | | {r:.3f} | bar: <= 0.25 ({'met' if r <= 0.25 else 'not met'}) |")
 
     def cell(v) -> str:
         return "n/a" if v is None else f"{v:.1f}"
