@@ -212,10 +212,8 @@ def _preset_synthetic() -> Config:
     """Small enough to visibly learn on a 2-core CPU within minutes (the README's demo).
 
     The widths are the paper's architecture scaled down (SPADE generator ch=8, SPADE hidden 16, 8-d
-    noise; segmenter ch=8; SWAGAN discriminator at 1/4 width); R1 gamma 0.3 for 64x128 images at
-    batch 2 (StyleGAN2's heuristic 2e-4 * H * W / batch gives ~0.8; the paper's 10 is for 256x512): in
-    a 1600-step run it gave mIoU 0.54 of the ceiling and sFID 0.21 of its start where gamma 1 gives
-    ~0.50 / ~0.32 (benchmarks/RESULTS.md, session 4). Learning rates and
+    noise; segmenter ch=8; SWAGAN discriminator at 1/4 width); R1 gamma 1 suits 64x128 images at
+    batch 2-4 (StyleGAN2's heuristic gives ~0.4; the paper's 10 is for 256x512). Learning rates and
     lambda_seg are the paper's Cityscapes values: in tuning runs of 700-1200 steps, lr_G 1e-3,
     lambda_seg 2-4, batch 8, wider G or D and longer EMA windows were all within the run-to-run spread
     (about +-5 mIoU points; benchmarks/RESULTS.md). One deliberate extension beyond the paper: four
@@ -238,7 +236,7 @@ def _preset_synthetic() -> Config:
                           flip=True, num_workers=0)
     cfg.model = ModelConfig(g_ch=8, z_dim=8, spade_hidden=16, s_ch=8, d_ch=16, d_max_ch=64, dec_ch=32,
                             pixel_noise=4)
-    cfg.train = TrainConfig(batch_size=2, iters=3000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=0.3,
+    cfg.train = TrainConfig(batch_size=2, iters=3000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
                             ema_decay=0.99, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
                             ckpt_every=500, max_seconds=540, num_threads=2)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
