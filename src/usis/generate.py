@@ -212,17 +212,17 @@ def noise_for(labels: torch.Tensor, seeds: Sequence[int], z_dim: int, num_classe
     return torch.stack(maps)
 
 
-def pixel_noise_for(seeds: Sequence[int], z_dim: int, channels: int, height: int, width: int) -> torch.Tensor | None:
-    """Per-pixel noise (``N x channels x H x W``) for a generator with ``pixel_noise = channels``: image i's
-    drawn from seed i's generator right after its noise vector, so ``z`` is unchanged by it."""
-    if not channels:
+def pixel_noise_for(G: Generator, seeds: Sequence[int], height: int, width: int) -> torch.Tensor | None:
+    """``G``'s per-pixel noise (``N x G.pixel_noise x H x W``, on the CPU; ``None`` without any): image
+    i's drawn from seed i's generator right after its noise vector, so ``z`` is unchanged by it."""
+    if not G.pixel_noise:
         return None
     maps = []
     for s in seeds:
         g = torch.Generator().manual_seed(int(s))
-        torch.randn(1, max(z_dim, 1), generator=g)  # the noise vector comes first
-        maps.append(torch.randn(channels, height, width, generator=g))
-    return torch.stack(maps)
+        torch.randn(1, max(G.z_dim, 1), generator=g)  # the noise vector comes first
+        maps.append(G.sample_pixel_noise(1, height, width, generator=g, device="cpu"))
+    return torch.cat(maps)
 
 
 @torch.no_grad()
@@ -238,7 +238,7 @@ def generate_images(G: Generator, labels: torch.Tensor, seeds: Sequence[int], lo
         lab = labels[i:i + batch_size]
         z = noise_for(lab, seeds[i:i + batch_size], G.z_dim, G.num_classes, local_style)
         m = one_hot_labels(lab.to(device), G.num_classes)
-        pn = pixel_noise_for(seeds[i:i + batch_size], G.z_dim, G.pixel_noise, *lab.shape[-2:])
+        pn = pixel_noise_for(G, seeds[i:i + batch_size], *lab.shape[-2:])
         out.append(G(m, z.to(device) if G.z_dim else None, None if pn is None else pn.to(device)).float().cpu())
     if not out:
         return torch.empty(0, 3, *labels.shape[-2:])
