@@ -2,10 +2,13 @@
 
     python benchmarks/train_step.py --preset synthetic --json
     python benchmarks/train_step.py --preset cityscapes --batch 1 --iters 3 --json
+    python benchmarks/train_step.py --preset synthetic --set train.nproc=2 --set train.num_threads=1 --json
 
 Data are random label maps and photos of the preset's size (this measures the networks, not I/O;
 see data_throughput.py for loading). Warm-up iterations are excluded; the number of timed iterations is
-rounded up to a multiple of ``train.r1_every`` so the lazy R1 step is counted at its true rate.
+rounded up to a multiple of ``train.r1_every`` so the lazy R1 step is counted at its true rate. With
+``train.nproc=N`` the iterations are data-parallel ones (global batch ``--batch``, split over N processes)
+and the peak memory is rank 0's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from torch.utils.data import Dataset
 
 from usis import config as C
 from usis.data import DataBundle
-from usis.train.trainer import Trainer, count_parameters
+from usis.train.distributed import launch, resolve_nproc
+from usis.train.trainer import Trainer, count_parameters, resolve_device
 
 
 class _Random(Dataset):
@@ -39,6 +43,44 @@ class _Random(Dataset):
         if self.key == "label":
             return {"label": torch.randint(0, self.c, self.shape, generator=g), "path": f"random://{i}"}
         return {"image": torch.rand(3, *self.shape, generator=g) * 2 - 1, "path": f"random://{i}"}
+
+
+def measure(dist, cfg, bundle, warmup: int, iters: int) -> dict:
+    """Time ``iters`` training iterations (after ``warmup``) of a trainer on ``bundle``."""
+    h, w = cfg.data.height, cfg.data.width
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, tmp, data=(bundle, bundle), progress=False, dist=dist)
+        dev = tr.device
+
+        def one():
+            labels = tr.loaders.next_labels()["label"].to(dev)
+            photos = tr.loaders.next_photos()["image"].to(dev)
+            tr.train_step(labels, photos)
+
+        for _ in range(warmup):
+            one()
+        every = max(cfg.train.r1_every, 1)
+        iters = math.ceil(iters / every) * every
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            one()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / iters
+        if dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB
+        return {
+            "batch": cfg.train.batch_size, "nproc": tr.world_size, "size": [h, w], "iters": iters,
+            "s_per_iter": round(dt, 4), "peak_mem_mb": round(peak, 1),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "params": {k: count_parameters(v) for k, v in tr.nets.named().items() if k != "G_ema"},
+        }
 
 
 def main(argv=None) -> int:
@@ -63,40 +105,13 @@ def main(argv=None) -> int:
     bundle = DataBundle(labels=_Random(n, "label", (h, w), nc), photos=_Random(n, "image", (h, w)),
                         num_classes=nc, dontcare=cfg.data.dontcare, class_names=[str(i) for i in range(nc)],
                         palette=[(0, 0, 0)] * nc)
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, tmp, data=(bundle, bundle), progress=False)
-        dev = tr.device
-
-        def one():
-            labels = tr.loaders.next_labels()["label"].to(dev)
-            photos = tr.loaders.next_photos()["image"].to(dev)
-            tr.train_step(labels, photos)
-
-        for _ in range(args.warmup):
-            one()
-        every = max(cfg.train.r1_every, 1)
-        iters = math.ceil(args.iters / every) * every
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            one()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) / iters
-        if dev.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB
-        result = {
-            "preset": args.preset, "batch": cfg.train.batch_size, "size": [h, w], "iters": iters,
-            "s_per_iter": round(dt, 4), "peak_mem_mb": round(peak, 1),
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "params": {k: count_parameters(v) for k, v in tr.nets.named().items() if k != "G_ema"},
-            "overrides": args.overrides,
-        }
+    use_cuda = resolve_device(cfg.train.device).type == "cuda"
+    nproc = resolve_nproc(cfg.train.nproc, cfg.train.batch_size, use_cuda)
+    if nproc > 1:  # data-parallel: the workers time the same loop in lockstep; rank 0 reports
+        result = launch(measure, nproc, (cfg, bundle, args.warmup, args.iters), use_cuda)
+    else:
+        result = measure(None, cfg, bundle, args.warmup, args.iters)
+    result.update(preset=args.preset, overrides=args.overrides)
     if args.json:
         print(json.dumps(result))
     else:

@@ -19,7 +19,7 @@ TINY = [
     "data.height=64", "data.width=64", "data.synthetic_train=12", "data.synthetic_val=4",
     "model.g_ch=2", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=2", "model.d_ch=4", "model.d_max_ch=16",
     "model.dec_ch=16", "train.batch_size=2", "train.r1_every=2", "train.log_every=1", "train.sample_every=0",
-    "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1",  # eval_every < 0: no periodic evaluator
+    "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1", "train.nproc=1",  # no periodic evaluator
 ]
 
 

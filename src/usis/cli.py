@@ -74,19 +74,24 @@ def cmd_train(args) -> int:
         print(cfg.to_json())
         return 0
 
-    from usis.data import build_datasets
     from usis.data.check import preflight
-    from usis.train.evaluation import make_evaluator
-    from usis.train.trainer import Trainer
+    from usis.train import distributed
+    from usis.train.trainer import resolve_device, train_process
 
     preflight(cfg)
-    data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
-    evaluator = make_evaluator(cfg, data[1]) if cfg.train.eval_every >= 0 else None
-    trainer = Trainer(cfg, out, data=data, evaluator=evaluator, progress=not args.no_progress)
-    if args.resume:
-        trainer.load_state_dict(state)
-        print(f"resumed from {ckpt_path} at step {trainer.step}", file=sys.stderr)
-    summary = trainer.fit(cfg.train.iters)
+    resume = ckpt_path if args.resume else None
+    progress = not args.no_progress
+    env = distributed.from_environment()  # torchrun
+    use_cuda = resolve_device(cfg.train.device).type == "cuda"
+    nproc = distributed.resolve_nproc(cfg.train.nproc, cfg.train.batch_size, use_cuda)
+    if env.enabled or nproc == 1:
+        summary = train_process(env, cfg, out, resume, progress, args.deadline)
+        if not env.is_main:
+            return 0
+    else:
+        print(f"training with {nproc} data-parallel processes ({'one GPU' if use_cuda else 'CPU'} each, "
+              f"{cfg.train.batch_size // nproc} of the batch of {cfg.train.batch_size} each)", file=sys.stderr)
+        summary = distributed.launch(train_process, nproc, (cfg, out, resume, progress, args.deadline), use_cuda)
     print(f"checkpoint: {out / 'checkpoints' / 'latest.pt'} (step {summary['step']})", file=sys.stderr)
     print(f"samples:    {out / 'samples'}", file=sys.stderr)
     if summary["interrupted"]:
@@ -168,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
     pt.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                    help="stop training (then save, sample and evaluate) once the clock passes this time, in seconds "
+                         "since the epoch (`date -d 'today 18:00' +%%s`); make demo uses it to end within 15 minutes")
     pt.set_defaults(func=cmd_train)
 
     pd = sub.add_parser("data", help="dataset tools")

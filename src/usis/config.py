@@ -98,7 +98,11 @@ class TrainConfig:
     sample_every: int = 1000
     eval_every: int = 5000  # >0: every N steps plus start and end; 0: start and end only; <0: never
     ckpt_every: int = 1000
-    num_threads: int = 0  # torch intra-op threads on CPU; 0 -> torch default
+    num_threads: int = 0  # torch intra-op threads on CPU (per process); 0 -> torch default (cores / nproc)
+    # Data-parallel processes on this machine (usis.train.distributed): CPU -> gloo, CUDA -> one GPU each.
+    # batch_size is the global batch, split evenly over them. 0 = auto: 1 on CUDA; on a CPU one per core
+    # (a divisor of batch_size). Ignored under torchrun (its WORLD_SIZE rules).
+    nproc: int = 1
     max_seconds: float = 0.0  # stop training (then save and evaluate) after this wall time; 0 -> no limit
     # Linear learning-rate decay to 0 over the end of the run (pix2pix / SPADE's "niter_decay"): all three
     # learning rates are constant up to this fraction of the run and reach 0 at its end. 1.0 -> constant
@@ -324,5 +328,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"image size {d.height}x{d.width}: height and width must be multiples of 32")
     if m.g_norm not in ("batch", "syncbatch", "instance"):
         raise ConfigError(f"model.g_norm={m.g_norm!r}: choose batch, syncbatch or instance")
+    t = cfg.train
+    if t.nproc < 0 or t.nproc and t.batch_size % t.nproc:
+        raise ConfigError(f"train.nproc={t.nproc}, train.batch_size={t.batch_size}: the (global) batch is split "
+                          "evenly over the processes; choose an nproc that divides the batch size (0 = auto)")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

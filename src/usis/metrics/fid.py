@@ -235,12 +235,15 @@ class FIDKID:
         from torchmetrics.image.kid import KernelInceptionDistance
 
         self.num_features = dim
-        self._fid = FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False)
+        # sync_on_compute=False: the caller feeds every image here; inside a data-parallel training run only
+        # rank 0 evaluates, and torchmetrics' default cross-process sync would wait for the others forever
+        self._fid = FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False,
+                                             sync_on_compute=False)
         if self.kid_enabled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "KID will save all extracted features in buffer"
                 self._kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=self.kid_subsets,
-                                                    reset_real_features=False)
+                                                    reset_real_features=False, sync_on_compute=False)
 
     def update(self, images: Tensor, real: bool) -> None:
         self.update_features(self.features(images), real)

@@ -435,7 +435,9 @@ class SyntheticEvaluator:
             raise ValueError("sFID needs at least 2 fake and 2 real images")
         from torchmetrics.image.fid import FrechetInceptionDistance  # slow import: only when needed
 
-        metric = FrechetInceptionDistance(feature=self.feature_extractor(), normalize=True).to(self.device)
+        # no cross-process sync: in a data-parallel training run rank 0 evaluates alone (see metrics/fid.py)
+        metric = FrechetInceptionDistance(feature=self.feature_extractor(), normalize=True,
+                                          sync_on_compute=False).to(self.device)
         for imgs, real in ((real_images, True), (fake_images, False)):
             for i in range(0, len(imgs), batch_size):
                 x = imgs[i : i + batch_size].to(self.device, torch.float32)

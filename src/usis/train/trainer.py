@@ -13,6 +13,7 @@ Label maps ``m`` and photos ``x`` come from two independent streams: they never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from usis.config import Config
+from usis.config import Config, ConfigError
 from usis.losses import (
     class_balanced_ce,
     d_logistic_loss,
@@ -37,6 +38,7 @@ from usis.losses import (
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
 from usis.nn.layers import converge_spectral_norm
 from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from usis.train.distributed import Dist
 from usis.train.ema import make_ema, refresh_batchnorm, update_ema
 
 CHECKPOINT_VERSION = 1
@@ -79,12 +81,15 @@ def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU. ``local_rank``: a data-parallel process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu")
+    if dev.type == "cuda" and local_rank is not None:
+        dev = torch.device("cuda", local_rank)
     return dev
 
 
@@ -127,21 +132,29 @@ class Trainer:
         cfg: the resolved run configuration.
         out_dir: run folder (``checkpoints/``, ``samples/``, ``stats.jsonl``, ``metrics.jsonl``, TensorBoard).
         data: a ``usis.data`` bundle pair ``(train, val)``; built from ``cfg`` when omitted.
-        rank / world_size: for distributed runs; all file output happens on rank 0 only.
+        dist: the process group of a data-parallel run (:mod:`usis.train.distributed`); ``None`` = one
+            process. ``train.batch_size`` is the global batch: each rank draws ``batch_size / world_size``.
+            Every rank calls every method; files are written and evaluations computed on rank 0 only.
+        evaluator: ``trainer -> metrics`` for periodic evaluation (needed on rank 0 only).
     """
 
-    def __init__(self, cfg: Config, out_dir: str | Path, data=None, rank: int = 0, world_size: int = 1,
-                 evaluator=None, progress: bool = True):
+    def __init__(self, cfg: Config, out_dir: str | Path, data=None, evaluator=None, progress: bool = True,
+                 dist: Dist | None = None):
         from usis.data.unpaired import make_loaders
 
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.rank, self.world_size = rank, world_size
+        self.dist = dist if dist is not None else Dist()
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        if cfg.train.batch_size % self.world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly "
+                              f"over train.nproc={self.world_size} processes")
+        self.local_batch = cfg.train.batch_size // self.world_size
         self.progress = progress
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
-        torch.manual_seed(cfg.train.seed + rank)
+        torch.manual_seed(cfg.train.seed + self.rank)  # per-rank noise; the weights come from rank 0
 
         if data is None:
             from usis.data import build_datasets
@@ -157,6 +170,7 @@ class Trainer:
         self.nets = build_networks(cfg)
         for net in self.nets.named().values():
             net.to(self.device)
+        self.dist.broadcast_modules(self.nets.named().values())
         t = cfg.train
         betas = (t.beta1, t.beta2)
         d_params = list(self.nets.D.parameters())
@@ -167,14 +181,18 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.nets.G.parameters(), lr=t.lr_g, **adam)
         self.opt_s = torch.optim.Adam(self.nets.S.parameters(), lr=t.lr_s, **adam)
         self.opt_d = torch.optim.Adam(d_params, lr=t.lr_d, **adam)
+        self.d_params = d_params
+        self.g_and_s_params = list(self.nets.G.parameters()) + list(self.nets.S.parameters())
 
-        self.loaders = make_loaders(self.train_data, batch_size=t.batch_size, seed=t.seed,
+        self.loaders = make_loaders(self.train_data, batch_size=self.local_batch, seed=t.seed,
                                     num_workers=min(cfg.data.num_workers, os.cpu_count() or 1),
                                     pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-                                    distributed=world_size > 1)
+                                    distributed=self.dist.enabled)
         self.step = 0
         self.best: dict[str, float] = {}
         self.evaluator = evaluator
+        # every rank must agree on whether evaluations happen (they end in a collective)
+        self._evaluates = bool(self.dist.any(evaluator is not None)[0])
         self._writer = None
         self._fixed = None
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
@@ -234,6 +252,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
         loss_g.backward()
+        self.dist.average_gradients(self.g_and_s_params if share_s else G.parameters())
         self.opt_g.step()
         fake = fake.detach()
 
@@ -248,6 +267,7 @@ class Trainer:
             with self._autocast():
                 loss_s = class_balanced_ce(S(fake).float(), labels, self.dontcare)
             loss_s.backward()
+            self.dist.average_gradients(S.parameters())
         self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
@@ -270,6 +290,7 @@ class Trainer:
             out["r1"] = r1.item()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        self.dist.average_gradients(self.d_params)
         self.opt_d.step()
 
         # 4. EMA of the generator
@@ -312,15 +333,28 @@ class Trainer:
         self._ema_bn_step = None
         self._eval_cache = None
         self.best = dict(state.get("best", {}))
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if self.dist.enabled:
+            if ranks is not None and len(ranks) == self.world_size:
+                set_rng_state(ranks[self.rank])
+            else:  # another process count than the checkpoint's: new noise streams per rank
+                torch.manual_seed(self.cfg.train.seed + self.rank + 1_000_003 * self.step)
+        else:
+            set_rng_state(state["rng"])
 
     def save(self, name: str = "latest") -> Path:
         """Write the whole state; the EMA generator is saved with freshly computed BN statistics, so a
-        checkpoint is ready for ``usis generate`` / ``export`` as it is."""
+        checkpoint is ready for ``usis generate`` / ``export`` as it is. Every rank calls it (a data-parallel
+        run also stores each rank's RNG state, so that ``--resume`` continues exactly); rank 0 writes."""
         path = self.out / "checkpoints" / f"{name}.pt"
+        rngs = self.dist.all_gather_object(rng_state()) if self.dist.enabled else None
         if self.is_main:
-            self.refresh_ema_bn()
-            save_atomic(self.state_dict(), path)
+            with self._all_cores():
+                self.refresh_ema_bn()
+            state = self.state_dict()
+            if rngs is not None:
+                state["rng_ranks"] = rngs
+            save_atomic(state, path)
         return path
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -385,10 +419,11 @@ class Trainer:
             return None
         from usis.train.monitor import colorize, save_grid
 
-        self.refresh_ema_bn()
         labels, photos = self._fixed_batch()
         cols = [colorize(labels, self.train_data.palette)]
-        cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
+        with self._all_cores():
+            self.refresh_ema_bn()
+            cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
         cols.append(photos[: len(labels)])
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         grid = save_grid(cols, path)
@@ -420,32 +455,53 @@ class Trainer:
         """Evaluate the EMA generator and log one ``metrics.jsonl`` record per step: a second call at the
         same step (a periodic evaluation that coincides with the final one, e.g. when the time budget
         ends the run on an evaluation step) returns the same metrics without evaluating again."""
-        if self.evaluator is None or not self.is_main:
+        if not self._evaluates:
             return None
         if self._eval_cache is not None and self._eval_cache[0] == self.step:
             return dict(self._eval_cache[1])
-        self.refresh_ema_bn()
-        metrics = self.evaluator(self)
+        metrics: dict[str, float] = {}
+        improved = False
+        if self.is_main:
+            with self._all_cores():
+                self.refresh_ema_bn()
+                metrics = self.evaluator(self)
+            record = {"step": self.step, **metrics}
+            self._append_jsonl("metrics.jsonl", record)
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, int | float) and math.isfinite(v):
+                        self.writer.add_scalar(f"eval/{k}", v, self.step)
+            key = self.cfg.eval.best_metric
+            if key in metrics:
+                higher = key in ("miou",)
+                old = self.best.get(key)
+                if old is None or (metrics[key] > old if higher else metrics[key] < old):
+                    self.best = {key: metrics[key], "step": self.step}
+                    improved = True
+        metrics, improved, self.best = self.dist.broadcast_object((metrics, improved, self.best))
         self._eval_cache = (self.step, dict(metrics))
-        record = {"step": self.step, **metrics}
-        self._append_jsonl("metrics.jsonl", record)
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if isinstance(v, int | float) and math.isfinite(v):
-                    self.writer.add_scalar(f"eval/{k}", v, self.step)
-        key = self.cfg.eval.best_metric
-        if key in metrics:
-            higher = key in ("miou",)
-            old = self.best.get(key)
-            if old is None or (metrics[key] > old if higher else metrics[key] < old):
-                self.best = {key: metrics[key], "step": self.step}
-                self.save("best")
+        if improved:
+            self.save("best")
         return metrics
+
+    @contextlib.contextmanager
+    def _all_cores(self):
+        """On a CPU data-parallel run, rank 0 evaluates and samples while the others wait: let it use
+        their threads meanwhile."""
+        old = torch.get_num_threads()
+        if self.dist.enabled and self.device.type == "cpu":
+            torch.set_num_threads(old * self.world_size)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
 
     # ------------------------------------------------------------------------------------ the loop
 
-    def fit(self, iters: int | None = None, eval_at_start: bool = True) -> dict[str, Any]:
-        """Train until ``iters`` total iterations (default ``cfg.train.iters``); returns a summary."""
+    def fit(self, iters: int | None = None, eval_at_start: bool = True, deadline: float | None = None) -> dict[str, Any]:
+        """Train until ``iters`` total iterations (default ``cfg.train.iters``), ``train.max_seconds`` of
+        training or the wall-clock time ``deadline`` (``time.time()`` seconds), whichever comes first; then
+        save, sample and evaluate. Returns a summary."""
         from tqdm import tqdm
 
         t = self.cfg.train
@@ -470,6 +526,10 @@ class Trainer:
                         progress = max(progress, (time.time() - t0) / t.max_seconds)
                     self._set_lr_factor(self.lr_factor(progress))
                 last = self.train_step(labels, photos)
+                # every rank must leave the loop at the same step (a stop or the time budget on any rank)
+                now = time.time()
+                stop_now, time_up = self.dist.any(
+                    stop.requested, bool(t.max_seconds) and now - t0 > t.max_seconds or bool(deadline) and now > deadline)
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == total:
                     rate = (self.step - s0) / max(time.time() - t0, 1e-9)
@@ -486,10 +546,10 @@ class Trainer:
                     self.run_evaluation()
                 if t.ckpt_every and self.step % t.ckpt_every == 0:
                     self.save("latest")
-                if stop.requested:
+                if stop_now:
                     summary["interrupted"] = True
                     break
-                if t.max_seconds and time.time() - t0 > t.max_seconds:
+                if time_up:
                     summary["time_budget_reached"] = True
                     break
         bar.close()
@@ -503,3 +563,26 @@ class Trainer:
         if self._writer:
             self._writer.flush()
         return summary
+
+
+def train_process(dist: Dist | None, cfg: Config, out_dir: str | Path, resume: str | Path | None = None,
+                  progress: bool = True, deadline: float | None = None) -> dict[str, Any]:
+    """One training process: build the data, the evaluator (rank 0) and the trainer, resume, fit.
+
+    ``usis train`` calls it directly, or in every worker of a data-parallel run
+    (:func:`usis.train.distributed.launch`); returns :meth:`Trainer.fit`'s summary.
+    """
+    from usis.data import build_datasets
+    from usis.train.evaluation import make_evaluator
+
+    dist = dist if dist is not None else Dist()
+    if dist.enabled and cfg.train.num_threads <= 0 and resolve_device(cfg.train.device).type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))  # share the cores
+    data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
+    evaluator = make_evaluator(cfg, data[1]) if cfg.train.eval_every >= 0 and dist.is_main else None
+    trainer = Trainer(cfg, out_dir, data=data, evaluator=evaluator, progress=progress, dist=dist)
+    if resume is not None:
+        trainer.resume(resume)
+        if dist.is_main:
+            print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+    return trainer.fit(cfg.train.iters, deadline=deadline)

@@ -1,0 +1,146 @@
+"""Data-parallel training on the CPU (gloo): replicas stay identical, resume is exact, SIGTERM stops cleanly."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from test_training import TINY, assert_identical, tiny_cfg
+
+from usis.cli import main
+from usis.train.distributed import Dist, launch, resolve_nproc
+from usis.train.trainer import Trainer
+
+NPROC = ["--set", "train.nproc=2"]
+
+
+def _tiny_args(out, iters):
+    args = ["train", "--preset", "synthetic", "--out", str(out), "--iters", str(iters), "--no-progress"]
+    for s in TINY:
+        args += ["--set", s]
+    return args + NPROC
+
+
+def _average_worker(dist: Dist):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    for i, p in enumerate(net.parameters()):
+        p.grad = torch.full_like(p, float(dist.rank + 1) * (i + 1))
+    dist.average_gradients(net.parameters())
+    flags = dist.any(dist.rank == 1, False)
+    return dist.all_gather_object(([p.grad.clone() for p in net.parameters()], flags))
+
+
+def test_average_gradients_is_the_mean_over_ranks():
+    per_rank = launch(_average_worker, 2)
+    assert len(per_rank) == 2
+    for grads, flags in per_rank:
+        assert torch.allclose(grads[0], torch.full((2, 3), 1.5))  # (1 + 2) / 2
+        assert torch.allclose(grads[1], torch.full((2,), 3.0))  # (2 + 4) / 2
+        assert flags == [True, False]  # rank 1's flag reached rank 0 too
+
+
+def _fingerprint(trainer: Trainer) -> str:
+    h = hashlib.sha256()
+    for name, net in trainer.nets.named().items():
+        for k, v in net.state_dict().items():
+            if "running_" in k or "num_batches" in k:  # BN statistics are per process by design
+                continue
+            h.update(name.encode() + k.encode() + v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fit_worker(dist: Dist, cfg, out, iters):
+    trainer = Trainer(cfg, out, dist=dist, progress=False)
+    start = _fingerprint(trainer)
+    trainer.fit(iters, eval_at_start=False)
+    return dist.all_gather_object((start, _fingerprint(trainer), trainer.step, trainer.local_batch))
+
+
+def test_replicas_start_equal_and_stay_equal(tmp_path):
+    per_rank = launch(_fit_worker, 2, (tiny_cfg(), tmp_path, 3))
+    (start0, end0, step0, lb0), (start1, end1, step1, lb1) = per_rank
+    assert start0 == start1  # rank 1 took rank 0's initial weights (it drew its own from seed + 1)
+    assert end0 == end1  # averaged gradients: the replicas never drift apart
+    assert end0 != start0  # and they did train
+    assert step0 == step1 == 3 and lb0 == lb1 == 1  # global batch 2 over 2 processes
+
+
+def _eval_worker(dist: Dist, cfg, out):
+    # rank 0 evaluates alone (an untrained evaluator stands in for the one that trains for a minute);
+    # nothing in the metrics may wait for the other rank
+    from usis.data import build_datasets
+    from usis.metrics import synthetic_eval as se
+    from usis.train.evaluation import make_evaluator
+
+    se.SyntheticEvaluator.load_or_train = classmethod(
+        lambda cls, height=64, width=128, cache_dir=None, device="cpu", progress=True: cls(se.EvalNet(), height,
+                                                                                            width, device=device))
+    evaluator = make_evaluator(cfg, build_datasets(cfg, "val")) if dist.is_main else None
+    trainer = Trainer(cfg, out, dist=dist, evaluator=evaluator, progress=False)
+    summary = trainer.fit(2)
+    return dist.all_gather_object((summary.get("final_metrics"), trainer.best))
+
+
+def test_evaluation_in_a_data_parallel_run(tmp_path):
+    cfg = tiny_cfg("train.eval_every=1", "eval.num_images=4")
+    per_rank = launch(_eval_worker, 2, (cfg, tmp_path), timeout_s=120)
+    (m0, best0), (m1, best1) = per_rank
+    assert {"miou", "miou_ceiling", "sfid"} <= m0.keys() and m0 == m1  # rank 1 learns rank 0's result
+    assert best0 == best1 and "sfid" in best0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # steps 0, 1, 2, written once (by rank 0)
+    assert (tmp_path / "checkpoints/best.pt").is_file()
+
+
+def test_two_processes_resume_bit_identical(tmp_path):
+    n = 3  # odd: the lazy R1 phase crosses the resume point
+    assert main(_tiny_args(tmp_path / "a", 2 * n)) == 0
+    assert main(_tiny_args(tmp_path / "b", n)) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--iters", str(2 * n), "--no-progress"]) == 0
+    sa = torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 2 * n
+    assert len(sa["rng_ranks"]) == 2  # each rank's noise stream continues where it stopped
+    assert not torch.equal(sa["rng_ranks"][0]["torch"], sa["rng_ranks"][1]["torch"])
+    assert_identical(sa, sb)
+
+
+def test_automatic_process_count(monkeypatch):
+    assert resolve_nproc(3, 6, use_cuda=False) == 3  # explicit
+    assert resolve_nproc(0, 8, use_cuda=True) == 1  # one GPU unless asked for more
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert resolve_nproc(0, 2, use_cuda=False) == 2  # never more processes than images in the batch
+    assert resolve_nproc(0, 6, use_cuda=False) == 3  # a divisor of the batch, at most one per core
+    assert resolve_nproc(0, 8, use_cuda=False) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert resolve_nproc(0, 8, use_cuda=False) == 1
+
+
+def test_batch_must_split_over_the_processes(tmp_path, capsys):
+    args = _tiny_args(tmp_path, 2) + ["--set", "train.batch_size=3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.nproc=2" in err and "batch" in err
+
+
+def test_sigterm_to_the_launcher_stops_every_process_cleanly(tmp_path):
+    args = [sys.executable, "-m", "usis.cli"] + _tiny_args(tmp_path, 100000)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stats = Path(tmp_path) / "stats.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "usis train --out" in err and "--resume" in err
+    state = torch.load(tmp_path / "checkpoints/latest.pt", weights_only=True)
+    assert 2 <= state["step"] < 100000
+    assert len(state["rng_ranks"]) == 2
