@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= runs/demo
 NEED_GB ?= 7
+# When this make began (before any install): make demo ends within 15 minutes of it.
+STARTED := $(shell date +%s)
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -35,7 +37,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 demo: install
-	$(BIN)/python -m usis.demo --out $(DEMO_OUT)
+	$(BIN)/python -m usis.demo --out $(DEMO_OUT) --started $(STARTED)
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py --preset synthetic --json

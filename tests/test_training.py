@@ -19,7 +19,7 @@ TINY = [
     "data.height=64", "data.width=64", "data.synthetic_train=12", "data.synthetic_val=4",
     "model.g_ch=2", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=2", "model.d_ch=4", "model.d_max_ch=16",
     "model.dec_ch=16", "train.batch_size=2", "train.r1_every=2", "train.log_every=1", "train.sample_every=0",
-    "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1",
+    "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1", "train.nproc=1",
 ]
 
 
@@ -191,6 +191,22 @@ def test_demo_metrics_table():
     lines = metrics_table([{"step": 0, "miou": 9.0, "miou_ceiling": 86.24, "sfid": 4.68}, close]).splitlines()
     assert "| mIoU / ceiling | 0.104 | 0.495 | bar: >= 0.50 (not met) |" in lines
     assert "| sFID end / start | | 0.316 | bar: <= 0.25 (not met) |" in lines
+
+
+def test_demo_trains_until_its_deadline(tmp_path, capsys):
+    # make demo passes the time make began: the training ends RESERVE_S before the demo's minutes are up,
+    # whatever the preset's train.max_seconds says (here the deadline has long passed: one step)
+    from usis.demo import main as demo_main
+
+    overrides = [a for s in TINY for a in ("--set", s)]
+    t0 = time.time()
+    assert demo_main(["--out", str(tmp_path / "demo"), "--started", str(t0 - 3600)] + overrides) == 0
+    assert torch.load(tmp_path / "demo/checkpoints/latest.pt", weights_only=True)["step"] == 1
+    assert time.time() - t0 < 120
+    # with time left it trains on (until its iterations, the earlier end here)
+    assert demo_main(["--out", str(tmp_path / "demo"), "--minutes", "10"] + overrides + ["--set", "train.iters=3"]) == 0
+    assert torch.load(tmp_path / "demo/checkpoints/latest.pt", weights_only=True)["step"] == 3
+    assert "min in all" in capsys.readouterr().out
 
 
 def test_linear_learning_rate_decay_over_the_end_of_the_run(tmp_path):
