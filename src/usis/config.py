@@ -228,12 +228,12 @@ def _preset_synthetic() -> Config:
     ratio from 0.55 to 0.40 on average, with mIoU unchanged (benchmarks/RESULTS.md). What the bars
     need is steps: at batch 4 a 2500-step run met both (mIoU 0.50 of the ceiling, sFID 0.10 of its
     start) where ~1000 steps gave ~0.45 / ~0.4, so the demo runs batch 2, which takes about half the
-    time per step on two cores and so gets about twice the steps within its budget. ``max_seconds``
-    (540 s of training) is what ends the demo on a 2-core machine, within 15 minutes with the install
-    (~2-2.5 min) and the evaluator (~1.5 min with the two evaluations); 600 s measured 14:04 in all,
-    too close to the limit. Evaluation runs at the start and at the end only (``eval_every=0``): a
-    periodic one would cost ~20 s (~50 steps) of the budget. Two intra-op threads: 1.4-1.9x
-    faster than one on an idle 2-core machine (but slower when another process shares the cores).
+    time per step on two cores and so gets about twice the steps within its budget. On a CPU the run is
+    data parallel with one process per core (``nproc=0``: two processes of one image each on two cores,
+    one intra-op thread each; benchmarks/RESULTS.md), which does more work per second than one process
+    with two threads. ``max_seconds`` (540 s) bounds a plain ``usis train --preset synthetic``; ``make
+    demo`` replaces it by a deadline 90 s before its 15 minutes are up. Evaluation runs at the start and
+    at the end only (``eval_every=0``): a periodic one would cost ~20 s (~50 steps) of the budget.
     """
     cfg = Config(preset="synthetic")
     cfg.data = DataConfig(kind="synthetic", num_classes=10, dontcare=0, height=64, width=128, load_size=0,
@@ -242,7 +242,7 @@ def _preset_synthetic() -> Config:
                             pixel_noise=4)
     cfg.train = TrainConfig(batch_size=2, iters=3000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
                             ema_decay=0.99, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
-                            ckpt_every=500, max_seconds=540, num_threads=2)
+                            ckpt_every=500, max_seconds=540, num_threads=0, nproc=0)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
     return cfg
 
