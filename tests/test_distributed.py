@@ -1,15 +1,9 @@
 """Data-parallel training on the CPU (gloo): replicas stay identical, resume is exact, SIGTERM stops cleanly."""
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
-from test_training import TINY, assert_identical, tiny_cfg
+from test_training import TINY, assert_identical, tiny_cfg, train_until_sigterm
 
 from usis.cli import main
 from usis.train.distributed import Dist, launch, resolve_nproc
@@ -129,18 +123,6 @@ def test_batch_must_split_over_the_processes(tmp_path, capsys):
 
 
 def test_sigterm_to_the_launcher_stops_every_process_cleanly(tmp_path):
-    args = [sys.executable, "-m", "usis.cli"] + _tiny_args(tmp_path, 100000)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    stats = Path(tmp_path) / "stats.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "usis train --out" in err and "--resume" in err
-    state = torch.load(tmp_path / "checkpoints/latest.pt", weights_only=True)
-    assert 2 <= state["step"] < 100000
+    # the launcher passes SIGTERM on; both workers stop at the same step, save and exit 0
+    state = train_until_sigterm(tmp_path, ["train.nproc=2"])
     assert len(state["rng_ranks"]) == 2

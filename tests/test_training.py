@@ -153,14 +153,16 @@ def test_existing_run_needs_resume_flag(tmp_path, capsys):
     assert torch.load(tmp_path / "checkpoints/latest.pt", weights_only=True)["step"] == 2
 
 
-def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(tmp_path):
-    args = [sys.executable, "-m", "usis.cli", "train", "--preset", "synthetic", "--out", str(tmp_path),
+def train_until_sigterm(out: Path, extra: list[str] = ()) -> dict:
+    """Start `usis train` (tiny config) in a subprocess, SIGTERM it after two logged steps, check that it
+    exits 0 and prints the resume command; returns the checkpoint it left."""
+    args = [sys.executable, "-m", "usis.cli", "train", "--preset", "synthetic", "--out", str(out),
             "--iters", "100000", "--no-progress"]
-    for s in TINY:
+    for s in TINY + list(extra):
         args += ["--set", s]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    stats = Path(tmp_path) / "stats.jsonl"
+    stats = Path(out) / "stats.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
         assert proc.poll() is None, proc.stderr.read()
@@ -169,8 +171,13 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "usis train --out" in err and "--resume" in err
-    state = torch.load(tmp_path / "checkpoints/latest.pt", weights_only=True)
+    state = torch.load(Path(out) / "checkpoints/latest.pt", weights_only=True)
     assert 2 <= state["step"] < 100000
+    return state
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(tmp_path):
+    assert "rng_ranks" not in train_until_sigterm(tmp_path)
 
 
 def test_demo_metrics_table():
