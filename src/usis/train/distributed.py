@@ -132,8 +132,12 @@ def resolve_nproc(nproc: int, batch_size: int, use_cuda: bool) -> int:
         return nproc
     if use_cuda:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(n for n in range(1, max(1, min(cores, batch_size)) + 1) if batch_size % n == 0)
+    return max(n for n in range(1, max(1, min(cpu_cores(), batch_size)) + 1) if batch_size % n == 0)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def free_port() -> int:

@@ -38,7 +38,7 @@ from usis.losses import (
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
 from usis.nn.layers import converge_spectral_norm
 from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from usis.train.distributed import Dist
+from usis.train.distributed import Dist, cpu_cores
 from usis.train.ema import make_ema, refresh_batchnorm, update_ema
 
 CHECKPOINT_VERSION = 1
@@ -145,7 +145,6 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist = dist if dist is not None else Dist()
-        self.rank, self.world_size = self.dist.rank, self.dist.world_size
         if cfg.train.batch_size % self.world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly "
                               f"over train.nproc={self.world_size} processes")
@@ -154,6 +153,8 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
+        elif self.dist.enabled and self.device.type == "cpu":  # processes on one CPU share its cores
+            torch.set_num_threads(max(1, cpu_cores() // self.world_size))
         torch.manual_seed(cfg.train.seed + self.rank)  # per-rank noise; the weights come from rank 0
 
         if data is None:
@@ -215,7 +216,15 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.dist.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
 
     def _autocast(self):
         enabled = self.cfg.train.amp and self.device.type == "cuda"
@@ -576,8 +585,6 @@ def train_process(dist: Dist | None, cfg: Config, out_dir: str | Path, resume: s
     from usis.train.evaluation import make_evaluator
 
     dist = dist if dist is not None else Dist()
-    if dist.enabled and cfg.train.num_threads <= 0 and resolve_device(cfg.train.device).type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))  # share the cores
     data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
     evaluator = make_evaluator(cfg, data[1]) if cfg.train.eval_every >= 0 and dist.is_main else None
     trainer = Trainer(cfg, out_dir, data=data, evaluator=evaluator, progress=progress, dist=dist)
