@@ -126,3 +126,46 @@ def test_sigterm_to_the_launcher_stops_every_process_cleanly(tmp_path):
     # the launcher passes SIGTERM on; both workers stop at the same step, save and exit 0
     state = train_until_sigterm(tmp_path, ["train.nproc=2"])
     assert len(state["rng_ranks"]) == 2
+
+
+def _torchrun_two_nodes(out, iters, resume=False):
+    """``torchrun --nnodes 2`` as two launchers on this machine (one process each), rendezvous on
+    127.0.0.1 over gloo: what a run across two machines does, minus the network."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from usis.train.distributed import free_port
+
+    port = free_port()
+    train = ["--out", str(out), "--iters", str(iters), "--no-progress"]
+    if resume:
+        train += ["--resume"]
+    else:
+        train += ["--preset", "synthetic"] + [a for s in TINY + ["train.nproc=2"] for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+                               str(node), "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port",
+                               str(port), "-m", "usis.cli", "train"] + train,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for node in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, text in zip(procs, outs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    return outs
+
+
+def test_two_nodes_train_checkpoint_and_resume_like_one_node(tmp_path):
+    n = 3
+    assert main(_tiny_args(tmp_path / "one_node", 2 * n)) == 0  # one launcher, two processes
+    _torchrun_two_nodes(tmp_path / "two_nodes", 2 * n)
+    _torchrun_two_nodes(tmp_path / "resumed", n)
+    _torchrun_two_nodes(tmp_path / "resumed", 2 * n, resume=True)
+    ref = torch.load(tmp_path / "one_node/checkpoints/latest.pt", weights_only=True)
+    for name in ("two_nodes", "resumed"):
+        state = torch.load(tmp_path / name / "checkpoints/latest.pt", weights_only=True)
+        assert state["step"] == 2 * n and len(state["rng_ranks"]) == 2
+        assert_identical(ref, state)

@@ -48,13 +48,25 @@ def cmd_info(args) -> int:
 def cmd_train(args) -> int:
     from usis.train.checkpoint import load_checkpoint
 
+    from usis.train.checkpoint import CheckpointError
+
     out = Path(args.out)
     ckpt_path = out / "checkpoints" / "latest.pt"
     if args.resume:
-        if not ckpt_path.exists():
-            print(f"error: --resume: no checkpoint at {ckpt_path}; start without --resume", file=sys.stderr)
+        resume_path = ckpt_path if args.resume == "latest" else Path(args.resume)
+        if not resume_path.exists():
+            print(f"error: --resume: no checkpoint at {resume_path}; start without --resume", file=sys.stderr)
             return 2
-        state = load_checkpoint(ckpt_path)
+        try:
+            state = load_checkpoint(resume_path)
+        except CheckpointError as e:
+            previous = resume_path.with_name("previous.pt")
+            hint = ""
+            if previous.exists() and previous != resume_path:
+                hint = (f"\nthe checkpoint saved before it is intact: resume from it with\n"
+                        f"  usis train --out {out} --resume {previous}")
+            print(f"error: {e}{hint}", file=sys.stderr)
+            return 2
         cfg = C.apply_overrides(C.Config.from_dict(state["config"]), args.overrides)
     else:
         if args.preset is None:
@@ -79,7 +91,7 @@ def cmd_train(args) -> int:
     from usis.train.trainer import resolve_device, train_process
 
     preflight(cfg)
-    resume = ckpt_path if args.resume else None
+    resume = resume_path if args.resume else None
     progress = not args.no_progress
     env = distributed.from_environment()  # torchrun
     use_cuda = resolve_device(cfg.train.device).type == "cuda"
@@ -87,11 +99,14 @@ def cmd_train(args) -> int:
     if env.enabled or nproc == 1:
         summary = train_process(env, cfg, out, resume, progress, args.deadline)
         if not env.is_main:
-            return 0
+            return 3 if summary.get("diverged") else 0
     else:
         print(f"training with {nproc} data-parallel processes ({'one GPU' if use_cuda else 'CPU'} each, "
               f"{cfg.train.batch_size // nproc} of the batch of {cfg.train.batch_size} each)", file=sys.stderr)
         summary = distributed.launch(train_process, nproc, (cfg, out, resume, progress, args.deadline), use_cuda)
+    if summary.get("diverged"):
+        print(f"error: {summary['diverged']}", file=sys.stderr)
+        return 3
     print(f"checkpoint: {out / 'checkpoints' / 'latest.pt'} (step {summary['step']})", file=sys.stderr)
     print(f"samples:    {out / 'samples'}", file=sys.stderr)
     if summary["interrupted"]:
@@ -170,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="run folder (checkpoints, samples, logs)")
     pt.add_argument("--iters", type=int, default=None, help="total iterations (overrides train.iters)")
     pt.add_argument("--seed", type=int, default=None)
-    pt.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
+    pt.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                    help="continue the run in --out from its latest.pt, or from CHECKPOINT (e.g. the run's "
+                         "checkpoints/previous.pt, the good checkpoint before the latest)")
     pt.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",

@@ -65,7 +65,14 @@ class ModelConfig:
     pixel_noise: int = 0  # i.i.d. per-pixel noise channels in the conditioning; 0 = the paper (see Generator)
     # segmenter (OASIS U-Net)
     s_ch: int = 64
-    s_extra_channel: bool = False  # the reference's unused "fake" output channel (for size parity only)
+    # One more output channel than classes (channel 0, never a target) that takes part in the softmax of
+    # the segmentation loss, as in the reference ("N+1" loss of OASIS; reference models/losses.py). False:
+    # C channels, a plain C-way cross entropy (our earlier recipe).
+    s_extra_channel: bool = True
+    # Weight initialisation of G and S: "reference" = Xavier-normal with gain 0.02 and zero biases on every
+    # Conv/Linear, spectrally normalised ones included (reference models/models.py, init_networks);
+    # "default" = PyTorch's defaults (our earlier recipe). D and the decoder keep their own initialisation.
+    init: str = "reference"
     # discriminator
     d_type: str = "wavelet"  # wavelet | whole | patch
     d_ch: int = 64  # 64 -> the SWAGAN channel table with channel_multiplier 2 (max 512)
@@ -89,6 +96,16 @@ class TrainConfig:
     lambda_rec: float = 1.0  # decoder L1 on real photos (D step)
     r1_gamma: float = 10.0
     r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
+    # How R1 enters D's optimisation. "reference" (reference train.py): D's whole loss (adversarial +
+    # lambda_rec * decoder L1) is multiplied by r1_every, and every r1_every steps a separate optimizer
+    # step minimises r1_gamma * R1 (a lazy-regularisation phase, like StyleGAN2-ADA's Dreg).
+    # "fused" (our earlier recipe): one D step per iteration, with (r1_gamma / 2) * R1 * r1_every added
+    # to the unscaled loss on R1 steps; relative to the adversarial term about 8x the reference's weight.
+    r1_mode: str = "reference"
+    # True (reference train.py): the S and D steps each draw a new fake (new noise, no gradient) with G
+    # after its update. False: S and D reuse the fake of G's step, drawn before G's update (saves two G
+    # forwards and S's forward; S's gradient comes out of G's backward). See the README's recipe table.
+    fresh_fakes: bool = True
     ema_decay: float = 0.9999
     ema_bn_batches: int = 4  # batches used to refresh the EMA generator's BN statistics
     seed: int = 0
@@ -332,5 +349,9 @@ def validate(cfg: Config) -> None:
     if t.nproc < 0 or t.nproc and t.batch_size % t.nproc:
         raise ConfigError(f"train.nproc={t.nproc}, train.batch_size={t.batch_size}: the (global) batch is split "
                           "evenly over the processes; choose an nproc that divides the batch size (0 = auto)")
+    if m.init not in ("reference", "default"):
+        raise ConfigError(f"model.init={m.init!r}: choose reference (Xavier-normal, gain 0.02) or default (PyTorch's)")
+    if t.r1_mode not in ("reference", "fused"):
+        raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

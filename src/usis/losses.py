@@ -28,18 +28,22 @@ def class_balance_weights(labels: torch.Tensor, num_classes: int, dontcare: int 
     return weights
 
 
-def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0) -> torch.Tensor:
+def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,
+                      extra_channel: bool = False) -> torch.Tensor:
     """Class-balanced pixel cross entropy ``L_seg`` (Eq. 3): ``mean_pixels(alpha[m] * CE(S(x), m))``.
 
     Args:
-        logits: ``N x C x H x W`` segmenter output.
+        logits: ``N x C x H x W`` segmenter output, or ``N x (C+1) x H x W`` with ``extra_channel``.
         labels: ``N x H x W`` int64 class ids in [0, C).
         dontcare: class id weighted 0 (or ``None``).
+        extra_channel: the logits carry one more channel than there are classes, channel 0, which is never
+            a target but is part of the softmax's normaliser; class ``c`` is channel ``c + 1``. This is the
+            reference's "N+1" loss (its segmenter is OASIS's discriminator, whose channel 0 means "fake").
     A batch made only of don't-care pixels gives 0 (with a gradient path), never NaN.
     """
-    num_classes = logits.shape[1]
+    num_classes = logits.shape[1] - int(extra_channel)
     weights = class_balance_weights(labels, num_classes, dontcare).to(logits.dtype)
-    ce = F.cross_entropy(logits, labels, reduction="none")
+    ce = F.cross_entropy(logits, labels + 1 if extra_channel else labels, reduction="none")
     return (weights[labels] * ce).mean()
 
 

@@ -172,3 +172,32 @@ def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
     y = torch.sqrt(y.var(0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (n/g,)
     y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)
     return torch.cat((x, y), dim=1)
+
+
+@torch.no_grad()
+def init_reference_(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The reference implementation's initialisation (``init_networks`` in its ``models/models.py``).
+
+    Every convolution and linear layer gets Xavier-normal weights with ``gain`` (std
+    ``gain * sqrt(2 / (fan_in + fan_out))``) and zero biases; affine batch norms get weights drawn from
+    N(1, gain) and zero biases. Spectrally normalised layers are included: the draw goes into
+    ``weight_orig``, as in the reference (where ``m.weight.data`` shares its storage). Draws from the
+    global RNG, in module order. Returns ``module``.
+    """
+    for m in module.modules():
+        name = type(m).__name__
+        if "BatchNorm" in name:
+            if getattr(m, "weight", None) is not None:
+                nn.init.normal_(m.weight, 1.0, gain)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif "Conv" in name or "Linear" in name:
+            weight = getattr(m, "weight_orig", None)
+            if weight is None:
+                weight = getattr(m, "weight", None)
+            if not isinstance(weight, torch.Tensor):
+                continue
+            nn.init.xavier_normal_(weight, gain=gain)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    return module

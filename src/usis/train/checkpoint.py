@@ -7,6 +7,7 @@ Everything in it is plain data (tensors, numbers, strings, lists, dicts), so it 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the requested use."""
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a torn file)."""
+TEMP_PATTERN = "*.pt.*.tmp"  # what save_atomic writes before the rename (mkstemp: NAME.pt.XXXXXXXX.tmp)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a torn file).
+
+    ``previous``: keep the file that ``path`` held until now under this name (a hard link, else a copy,
+    renamed into place), so a good checkpoint survives the next save; ``path`` exists at every moment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -28,11 +36,29 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            previous = Path(previous)
+            keep = previous.with_name(f"{previous.name}.{os.getpid()}.tmp")
+            try:
+                os.link(path, keep)
+            except OSError:  # no hard links on this file system
+                shutil.copyfile(path, keep)
+            os.replace(keep, previous)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a save killed mid-write (``kill -9``, power loss) left in
+    ``folder``; at the paper's size each is about 2 GB. Call it only when no save is under way there."""
+    folder = Path(folder)
+    removed = sorted(folder.glob(TEMP_PATTERN)) if folder.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

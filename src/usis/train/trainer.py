@@ -36,12 +36,22 @@ from usis.losses import (
     r1_penalty,
 )
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
-from usis.nn.layers import converge_spectral_norm
-from usis.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from usis.nn.layers import converge_spectral_norm, init_reference_
+from usis.train.checkpoint import (
+    load_checkpoint,
+    remove_stale_temp,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from usis.train.distributed import Dist, cpu_cores
 from usis.train.ema import make_ema, refresh_batchnorm, update_ema
 
 CHECKPOINT_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or the weights became NaN or inf; nothing non-finite has been written to disk."""
 
 
 @dataclass
@@ -70,6 +80,9 @@ def build_networks(cfg: Config) -> Networks:
     m, d = cfg.model, cfg.data
     G = build_generator(cfg)
     S = Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel)
+    if m.init == "reference":  # the reference's Xavier-normal (gain 0.02) for G and S, before D is drawn
+        init_reference_(G)
+        init_reference_(S)
     D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch)
     dec = Decoder(D.feature_channels, D.feature_strides, max_ch=m.dec_ch) if m.decoder else None
     for net in (G, S, D):
@@ -190,6 +203,12 @@ class Trainer:
                                     pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
                                     distributed=self.dist.enabled)
         self.step = 0
+        # training time of the run so far, over all its invocations (train.max_seconds counts against it),
+        # and the linear LR decay as (start step, end step) once it has begun: both live in the checkpoint,
+        # so a resumed run follows the schedule of an uninterrupted one.
+        self.train_seconds = 0.0
+        self.lr_schedule: tuple[float, float] | None = None
+        self.clock = time.monotonic  # tests put a deterministic clock here
         self.best: dict[str, float] = {}
         self.evaluator = evaluator
         # every rank must agree on whether evaluations happen (they end in a collective)
@@ -198,15 +217,37 @@ class Trainer:
         self._fixed = None
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
         self._eval_cache: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last evaluation
+        if self.is_main:  # a save killed mid-write (kill -9) leaves its temporary file behind
+            removed = remove_stale_temp(self.out / "checkpoints")
+            if removed:
+                print(f"usis: removed {len(removed)} stale temporary checkpoint file(s) of an interrupted save: "
+                      f"{', '.join(p.name for p in removed)}", file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def lr_factor(self, progress: float) -> float:
-        """The learning-rate multiplier at ``progress`` (0..1) of the run (``train.lr_decay_from``)."""
-        start = self.cfg.train.lr_decay_from
-        if start >= 1.0 or progress <= start:
+    def lr_factor(self, total: int, budget: float | None) -> float:
+        """The learning-rate multiplier for the coming step (``train.lr_decay_from``; 1 = constant).
+
+        The rates stay constant until ``lr_decay_from`` of the run has passed, by steps (of ``total``) or by
+        training time (of ``budget`` seconds), whichever comes first. From then on the decay is fixed in
+        steps: linear to 0 at ``total``, or, when the time budget started it, at the step that the run's
+        speed so far reaches by the end of the budget. Only the step and the saved schedule enter the
+        factor, so a resumed run decays exactly as an uninterrupted one.
+        """
+        f = self.cfg.train.lr_decay_from
+        if f >= 1.0:
             return 1.0
-        return max(0.0, (1.0 - progress) / (1.0 - start))
+        if self.lr_schedule is None:
+            if self.step >= f * total:
+                self.lr_schedule = (f * total, float(total))
+            elif budget and self.train_seconds >= f * budget:
+                rate = self.step / max(self.train_seconds, 1e-9)
+                end = self.step + max(1.0, math.floor(rate * (budget - self.train_seconds)))
+                self.lr_schedule = (float(self.step), float(min(total, end)))
+            else:
+                return 1.0
+        start, end = self.lr_schedule
+        return max(0.0, min(1.0, (end - self.step) / max(end - start, 1e-9)))
 
     def _set_lr_factor(self, factor: float) -> None:
         t = self.cfg.train
@@ -239,23 +280,24 @@ class Trainer:
 
     def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, float]:
         """One USIS iteration on a label batch ``m`` (N x H x W ids) and an UNRELATED photo batch ``x``."""
-        G, S, D, dec = self.nets.G, self.nets.S, self.nets.D, self.nets.decoder
+        G, S, D = self.nets.G, self.nets.S, self.nets.D
         t = self.cfg.train
+        extra = self.cfg.model.s_extra_channel
         m = one_hot_labels(labels, self.num_classes)
         out: dict[str, float] = {}
 
         # 1. generator: fool D and keep every class recognisable for S.
         # 2. segmenter: learn to segment the generated images (never the real photos).
-        # S's own step sees the same fake batch (G's output before its update, detached) with the same
-        # weights, so one forward of S serves both: the backward of the G loss also yields
-        # lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
-        share_s = t.lambda_seg > 0
+        # With train.fresh_fakes=false S's own step sees the same fake batch (G's output before its update,
+        # detached) with the same weights, so one forward of S serves both: the backward of the G loss also
+        # yields lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
+        share_s = t.lambda_seg > 0 and not t.fresh_fakes
         self._requires_grad(G, True)
         self._requires_grad(S, share_s)
         self._requires_grad(D, False)
         with self._autocast():
             fake = G(m)
-            loss_g_seg = class_balanced_ce(S(fake).float(), labels, self.dontcare)
+            loss_g_seg = class_balanced_ce(S(fake).float(), labels, self.dontcare, extra)
             loss_g_adv = g_nonsaturating_loss(D(fake).float())
             loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
         self.opt_g.zero_grad(set_to_none=True)
@@ -273,17 +315,48 @@ class Trainer:
                         p.grad.div_(t.lambda_seg)
         else:
             self._requires_grad(S, True)
+            fake_s = self._fresh_fake(m) if t.fresh_fakes else fake
             with self._autocast():
-                loss_s = class_balanced_ce(S(fake).float(), labels, self.dontcare)
+                loss_s = class_balanced_ce(S(fake_s).float(), labels, self.dontcare, extra)
             loss_s.backward()
             self.dist.average_gradients(S.parameters())
         self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
+        out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake))
+
+        # 4. EMA of the generator
+        update_ema(self.nets.G_ema, G, t.ema_decay, self.step)
+        self.step += 1
+
+        out.update(loss_g=loss_g.item(), loss_g_seg=loss_g_seg.item(), loss_g_adv=loss_g_adv.item(),
+                   loss_s=loss_s.item())
+        return out
+
+    @torch.no_grad()
+    def _fresh_fake(self, m: torch.Tensor) -> torch.Tensor:
+        """A new fake batch for the label maps ``m``: new noise, G as it is now (after its update)."""
+        with self._autocast():
+            return self.nets.G(m)
+
+    def d_step(self, photos: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch.
+
+        ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``; how the lazy R1 penalty
+        (every ``train.r1_every`` steps) enters depends on ``train.r1_mode``:
+
+        * ``reference``: one step on ``r1_every * L_D``, then, on R1 steps, a second optimizer step on
+          ``r1_gamma * R1`` alone (the reference's train.py).
+        * ``fused``: one step on ``L_D + (r1_gamma / 2) * R1 * r1_every`` on R1 steps, ``L_D`` otherwise.
+        """
+        D, dec = self.nets.D, self.nets.decoder
+        t = self.cfg.train
         self._requires_grad(D, True)
         self._requires_grad(dec, True)
-        do_r1 = t.r1_every > 0 and t.r1_gamma > 0 and self.step % t.r1_every == 0
-        real = photos.detach().requires_grad_(do_r1)
+        lazy = t.r1_every > 0 and t.r1_gamma > 0 and self.step % t.r1_every == 0
+        fused_r1 = lazy and t.r1_mode == "fused"
+        out: dict[str, float] = {}
+        real = photos.detach().requires_grad_(fused_r1)
         with self._autocast():
             real_logits, feats = D(real, return_features=True)
             fake_logits = D(fake)
@@ -293,22 +366,26 @@ class Trainer:
                 loss_rec = l1_reconstruction(dec(feats).float(), photos)
                 loss_d = loss_d + t.lambda_rec * loss_rec
                 out["loss_rec"] = loss_rec.item()
-        if do_r1:
+        if fused_r1:
             r1 = r1_penalty(real_logits.float(), real)
             loss_d = loss_d + (t.r1_gamma / 2) * r1 * t.r1_every
             out["r1"] = r1.item()
+        elif t.r1_mode == "reference" and t.r1_every > 0:
+            loss_d = t.r1_every * loss_d
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.dist.average_gradients(self.d_params)
         self.opt_d.step()
-
-        # 4. EMA of the generator
-        update_ema(self.nets.G_ema, G, t.ema_decay, self.step)
-        self.step += 1
-
-        out.update(loss_g=loss_g.item(), loss_g_seg=loss_g_seg.item(), loss_g_adv=loss_g_adv.item(),
-                   loss_s=loss_s.item(), loss_d=loss_d_adv.item(),
-                   d_real=real_logits.detach().float().mean().item(),
+        if lazy and t.r1_mode == "reference":
+            real = photos.detach().requires_grad_(True)
+            with self._autocast():
+                r1 = r1_penalty(D(real).float(), real)
+            self.opt_d.zero_grad(set_to_none=True)
+            (t.r1_gamma * r1).backward()
+            self.dist.average_gradients(self.d_params)
+            self.opt_d.step()
+            out["r1"] = r1.item()
+        out.update(loss_d=loss_d_adv.item(), d_real=real_logits.detach().float().mean().item(),
                    d_fake=fake_logits.detach().float().mean().item())
         return out
 
@@ -318,6 +395,8 @@ class Trainer:
         state: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
+            "train_seconds": self.train_seconds,
+            "lr_schedule": None if self.lr_schedule is None else list(self.lr_schedule),
             "config": self.cfg.to_dict(),
             "best": dict(self.best),
             "rng": rng_state(),
@@ -339,6 +418,9 @@ class Trainer:
         self.opt_d.load_state_dict(state["optim"]["D"])
         self.loaders.load_state_dict(state["loaders"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        sched = state.get("lr_schedule")
+        self.lr_schedule = None if sched is None else (float(sched[0]), float(sched[1]))
         self._ema_bn_step = None
         self._eval_cache = None
         self.best = dict(state.get("best", {}))
@@ -356,6 +438,9 @@ class Trainer:
         checkpoint is ready for ``usis generate`` / ``export`` as it is. Every rank calls it (a data-parallel
         run also stores each rank's RNG state, so that ``--resume`` continues exactly); rank 0 writes."""
         path = self.out / "checkpoints" / f"{name}.pt"
+        if self.dist.any(not self._weights_finite())[0]:
+            raise TrainingDiverged(f"training diverged by step {self.step}: the weights hold NaN or inf values; "
+                                   f"{name}.pt was not written")
         rngs = self.dist.all_gather_object(rng_state()) if self.dist.enabled else None
         if self.is_main:
             with self._all_cores():
@@ -363,8 +448,18 @@ class Trainer:
             state = self.state_dict()
             if rngs is not None:
                 state["rng_ranks"] = rngs
-            save_atomic(state, path)
+            # latest.pt: the one it replaces stays as previous.pt (a second good checkpoint to go back to)
+            save_atomic(state, path, previous=path.with_name("previous.pt") if name == "latest" else None)
         return path
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """True when every parameter and buffer of every network is finite (checked before each save)."""
+        for net in self.nets.named().values():
+            for t in list(net.parameters()) + list(net.buffers()):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return False
+        return True
 
     def resume(self, path: str | Path | None = None) -> None:
         path = Path(path) if path is not None else self.out / "checkpoints" / "latest.pt"
@@ -509,39 +604,69 @@ class Trainer:
 
     def fit(self, iters: int | None = None, eval_at_start: bool = True, deadline: float | None = None) -> dict[str, Any]:
         """Train until ``iters`` total iterations (default ``cfg.train.iters``), ``train.max_seconds`` of
-        training or the wall-clock time ``deadline`` (``time.time()`` seconds), whichever comes first; then
-        save, sample and evaluate. Returns a summary."""
-        from tqdm import tqdm
+        training (counted over every invocation of the run) or the wall-clock time ``deadline``
+        (``time.time()`` seconds), whichever comes first; then save, sample and evaluate. Returns a summary.
 
+        A non-finite loss or weight ends the run at once without saving (``summary["diverged"]`` says where
+        and which losses); the checkpoints already written are left as they were.
+        """
         t = self.cfg.train
         total = iters if iters is not None else t.iters
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(self.cfg.to_json())
         summary: dict[str, Any] = {"start_step": self.step, "interrupted": False}
+        t_start = time.time()
+        try:
+            self._fit(total, eval_at_start, deadline, summary)
+        except TrainingDiverged as e:
+            summary["diverged"] = str(e)
+            if self.is_main:
+                self._append_jsonl("stats.jsonl", {"step": self.step, "diverged": str(e)})
+        summary["step"] = self.step
+        summary["seconds"] = time.time() - t_start
+        if self._writer:
+            self._writer.flush()
+        return summary
+
+    def _fit(self, total: int, eval_at_start: bool, deadline: float | None, summary: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        t = self.cfg.train
         if eval_at_start and self.step == 0:
             summary["initial_metrics"] = self.run_evaluation()
+        # the run's time budget in seconds of training: train.max_seconds, or what the deadline leaves
+        budget: float | None = t.max_seconds or None
+        if deadline:
+            left = self.train_seconds + max(0.0, deadline - time.time())
+            budget = left if budget is None else min(budget, left)
         bar = tqdm(total=total, initial=self.step, disable=not (self.progress and self.is_main),
                    dynamic_ncols=True, desc="usis", file=sys.stderr)
-        t0, s0 = time.time(), self.step
-        last = {}
+        s0, seconds0 = self.step, self.train_seconds
+        last_t = self.clock()
         with _StopFlag() as stop:
             while self.step < total:
                 labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
                 if t.lr_decay_from < 1.0:
-                    progress = self.step / max(total, 1)
-                    if t.max_seconds:
-                        progress = max(progress, (time.time() - t0) / t.max_seconds)
-                    self._set_lr_factor(self.lr_factor(progress))
+                    self._set_lr_factor(self.lr_factor(total, budget))
                 last = self.train_step(labels, photos)
-                # every rank must leave the loop at the same step (a stop or the time budget on any rank)
-                now = time.time()
-                stop_now, time_up = self.dist.any(
-                    stop.requested, bool(t.max_seconds) and now - t0 > t.max_seconds or bool(deadline) and now > deadline)
+                now = self.clock()
+                self.train_seconds += now - last_t
+                last_t = now
+                # every rank must leave the loop at the same step (a stop, the budget or a NaN on any rank)
+                bad = not all(math.isfinite(v) for v in last.values())
+                stop_now, time_up, diverged = self.dist.any(
+                    stop.requested, budget is not None and self.train_seconds >= budget, bad)
+                if diverged:
+                    shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("loss", "r1")))
+                    raise TrainingDiverged(
+                        f"training diverged at step {self.step}: a loss is NaN or inf ({shown}); nothing from this "
+                        f"step on was saved. Lower the learning rates (train.lr_g, train.lr_d, train.lr_s) and "
+                        f"resume from the last good checkpoint in {self.out / 'checkpoints'}")
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == total:
-                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                    rate = (self.step - s0) / max(self.train_seconds - seconds0, 1e-9)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k in ("loss_g_seg", "loss_g_adv",
                                                                                       "loss_s", "loss_d")})
                     self._append_jsonl("stats.jsonl", {"step": self.step, "it_s": rate,
@@ -561,17 +686,15 @@ class Trainer:
                 if time_up:
                     summary["time_budget_reached"] = True
                     break
+                if self.lr_schedule is not None and self.step >= self.lr_schedule[1]:
+                    summary["lr_decay_ended"] = True  # the learning rates are 0: nothing more to train
+                    break
         bar.close()
         self.save("latest")
         if not summary["interrupted"]:
             if not (t.sample_every and self.step % t.sample_every == 0):
                 self.sample_grid()
             summary["final_metrics"] = self.run_evaluation()
-        summary["step"] = self.step
-        summary["seconds"] = time.time() - t0
-        if self._writer:
-            self._writer.flush()
-        return summary
 
 
 def train_process(dist: Dist | None, cfg: Config, out_dir: str | Path, resume: str | Path | None = None,

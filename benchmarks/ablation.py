@@ -1,0 +1,322 @@
+"""Named training variants x seeds on the synthetic benchmark: train, evaluate, tabulate, plot.
+
+Each run is ``usis train --preset synthetic`` with the study's shared overrides, the variant's own and
+``--seed S``, for the same number of steps, evaluated by the synthetic evaluator (mIoU / its ceiling on
+real photos, sFID) every ``--eval-every`` steps. Runs go side by side (``--parallel``, default 2: one
+single-thread process per core of a 2-core machine) and are resumable: a finished run (its metrics hold
+the last step) is skipped, an interrupted one continues from its ``latest.pt``. Then one table (mean +-
+std over the seeds per variant, at every evaluated step) and one PNG (mIoU / ceiling and sFID against
+the step, one line per variant, the band = +- one std, thin lines = single seeds) are written.
+
+    python benchmarks/ablation.py --study recipe                 # runs/ablation/recipe/..., report in docs/results
+    python benchmarks/ablation.py --study recipe --report-only   # tabulate what is there
+    python benchmarks/ablation.py --study mine --variant a="train.lr_g=1e-3" --variant b= --seeds 0 1 2
+
+Studies are defined in STUDIES below (later work adds its own); ``--variant NAME="k=v ..."`` adds ad-hoc ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The recipe of sessions 1-5 (before issue 11): PyTorch's default initialisation, a C-way segmentation
+# loss, R1 folded into D's step, and S and D trained on G's pre-update fake.
+PREVIOUS_RECIPE = ["model.init=default", "model.s_extra_channel=false", "train.r1_mode=fused",
+                   "train.fresh_fakes=false"]
+# The reference implementation's recipe (the default of the real-data presets).
+REFERENCE_RECIPE = ["model.init=reference", "model.s_extra_channel=true", "train.r1_mode=reference",
+                    "train.fresh_fakes=true"]
+
+
+@dataclass
+class Study:
+    variants: dict[str, list[str]]
+    base: list[str] = field(default_factory=list)  # overrides shared by every variant of the study
+    iters: int = 1500
+    eval_every: int = 500
+    about: str = ""
+
+
+STUDIES: dict[str, Study] = {
+    # Issue 11: the reference's recipe against ours, and the one piece we may keep (reused fakes).
+    # The synthetic preset's other values are pinned as they were when the study ran.
+    "recipe": Study(
+        base=["model.pixel_noise=4", "train.r1_gamma=1.0", "train.ema_decay=0.99", "train.lr_decay_from=1.0",
+              "train.batch_size=2", "train.lr_g=4e-4", "train.lr_s=4e-4", "train.lr_d=2e-3"],
+        variants={
+            "previous": PREVIOUS_RECIPE,
+            "reference": REFERENCE_RECIPE,
+            "reference_reused_fakes": REFERENCE_RECIPE[:-1] + ["train.fresh_fakes=false"],
+        },
+        about="the reference implementation's training recipe vs the earlier one (issue 11)",
+    ),
+}
+
+
+def run_overrides(study: Study, variant: list[str], eval_every: int) -> list[str]:
+    """Everything a run of ``variant`` sets: the protocol (one process, one thread, steps not seconds),
+    then the study's shared values, then the variant's."""
+    protocol = ["train.max_seconds=0", "train.nproc=1", "train.num_threads=1", f"train.eval_every={eval_every}",
+                f"train.sample_every={eval_every}", f"train.ckpt_every={max(1, eval_every // 2)}"]
+    return protocol + study.base + variant
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    """``step -> metrics`` of a run (a step evaluated twice, e.g. after a resume: the later record)."""
+    path = run_dir / "metrics.jsonl"
+    out: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                out[int(rec["step"])] = rec
+    return out
+
+
+def run_state(run_dir: Path, iters: int) -> str:
+    """``done`` (evaluated at its last step), ``resume`` (has a checkpoint) or ``new``."""
+    if iters in read_metrics(run_dir):
+        return "done"
+    if (run_dir / "checkpoints" / "latest.pt").exists():
+        return "resume"
+    return "new"
+
+
+def train_command(run_dir: Path, overrides: list[str], seed: int, iters: int, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "usis.cli", "train", "--out", str(run_dir), "--iters", str(iters), "--no-progress"]
+    if resume:
+        return cmd + ["--resume"]
+    cmd += ["--preset", "synthetic", "--seed", str(seed)]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[Path, int]:
+    """Run ``(run_dir, command)`` jobs, ``parallel`` at a time, each logging to ``run_dir/train.log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    pending, active, rcs = list(jobs), [], {}
+    while pending or active:
+        while pending and len(active) < parallel:
+            run_dir, cmd = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+            log.write(f"\n$ {shlex.join(cmd)}\n")
+            log.flush()
+            print(f"[ablation] start {run_dir}", file=sys.stderr, flush=True)
+            active.append((run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
+                           time.time()))
+        time.sleep(2)
+        for item in list(active):
+            run_dir, proc, log, t0 = item
+            if proc.poll() is not None:
+                log.close()
+                rcs[run_dir] = proc.returncode
+                active.remove(item)
+                print(f"[ablation] {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'} {run_dir} "
+                      f"in {(time.time() - t0) / 60:.1f} min", file=sys.stderr, flush=True)
+    return rcs
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def run_series(rec: dict[int, dict]) -> dict[str, dict[int, float]]:
+    """Per evaluated step: mIoU / ceiling, sFID and sFID / sFID at step 0 (and MS-SSIM when measured)."""
+    out: dict[str, dict[int, float]] = {"miou_ratio": {}, "sfid": {}, "sfid_ratio": {}, "msssim": {}}
+    start = rec.get(0, {}).get("sfid")
+    for step, r in sorted(rec.items()):
+        if r.get("miou") is not None and r.get("miou_ceiling"):
+            out["miou_ratio"][step] = r["miou"] / r["miou_ceiling"]
+        if r.get("sfid") is not None:
+            out["sfid"][step] = r["sfid"]
+            if start:
+                out["sfid_ratio"][step] = r["sfid"] / start
+        if r.get("msssim") is not None:
+            out["msssim"][step] = r["msssim"]
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(runs: dict[str, dict[int, dict[int, dict]]]) -> dict[str, dict[str, dict[int, tuple]]]:
+    """``variant -> metric -> step -> (mean, std, n)`` over the seeds that reached that step."""
+    agg: dict[str, dict[str, dict[int, tuple]]] = {}
+    for variant, seeds in runs.items():
+        series = [run_series(rec) for rec in seeds.values()]
+        agg[variant] = {}
+        for metric in ("miou_ratio", "sfid", "sfid_ratio", "msssim"):
+            steps = sorted({s for ser in series for s in ser[metric]})
+            agg[variant][metric] = {}
+            for step in steps:
+                vals = [ser[metric][step] for ser in series if step in ser[metric]]
+                agg[variant][metric][step] = (*mean_std(vals), len(vals))
+    return agg
+
+
+LABELS = {"miou_ratio": "mIoU / ceiling (higher is better)", "sfid": "sFID (lower is better)",
+          "sfid_ratio": "sFID / sFID at step 0", "msssim": "MS-SSIM between seeds (lower = more diverse)"}
+
+
+def table(agg, step: int | None = None) -> str:
+    """Markdown: one row per variant at ``step`` (default: the last step all variants reached)."""
+    metrics = [m for m in ("miou_ratio", "sfid", "sfid_ratio", "msssim") if any(agg[v][m] for v in agg)]
+    if step is None:
+        common = set.intersection(*(set(agg[v]["miou_ratio"]) for v in agg)) if agg else set()
+        step = max(common) if common else 0
+    head = "| variant | seeds | " + " | ".join(f"{LABELS[m]}" for m in metrics) + " |"
+    lines = [f"At step {step} (mean +- std over seeds):", "", head, "|---|---:|" + "---:|" * len(metrics)]
+    for v in agg:
+        n = agg[v]["miou_ratio"].get(step, (0, 0, 0))[2]
+        cells = []
+        for m in metrics:
+            mean, std, _ = agg[v][m].get(step, (math.nan, math.nan, 0))
+            cells.append(f"{mean:.3f} +- {std:.3f}")
+        lines.append(f"| {v} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_step_table(agg, metric: str) -> str:
+    steps = sorted({s for v in agg for s in agg[v][metric]})
+    lines = [f"{LABELS[metric]}, mean +- std per evaluated step:", "",
+             "| variant | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for v in agg:
+        cells = [(lambda t: f"{t[0]:.3f} +- {t[1]:.3f}")(agg[v][metric][s]) if s in agg[v][metric] else ""
+                 for s in steps]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(agg, runs, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["miou_ratio", "sfid"] + (["msssim"] if any(agg[v]["msssim"] for v in agg) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, v in enumerate(agg):
+            color = f"C{i}"
+            steps = sorted(agg[v][metric])
+            if not steps:
+                continue
+            mean = [agg[v][metric][s][0] for s in steps]
+            std = [agg[v][metric][s][1] for s in steps]
+            ax.plot(steps, mean, color=color, lw=2, marker="o", ms=3, label=f"{v} (n={len(runs[v])})")
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.15)
+            for rec in runs[v].values():
+                ser = run_series(rec)[metric]
+                ax.plot(sorted(ser), [ser[s] for s in sorted(ser)], color=color, lw=0.6, alpha=0.5)
+        ax.set_xlabel("step")
+        ax.set_title(LABELS[metric], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def collect(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict[int, dict]]]:
+    return {v: {s: rec for s in seeds if (rec := read_metrics(out / v / f"seed{s}"))} for v in variants}
+
+
+def report(study_name: str, study: Study, out: Path, variants: list[str], seeds: list[int], report_dir: Path) -> str:
+    runs = collect(out, variants, seeds)
+    runs = {v: r for v, r in runs.items() if r}
+    if not runs:
+        return "(no finished evaluations yet)"
+    agg = aggregate(runs)
+    png = plot(agg, runs, report_dir / f"{study_name}.png", f"{study_name}: {study.about}".strip(": "))
+    text = "\n\n".join([
+        f"# Study `{study_name}`: {study.about}",
+        f"Command: `python benchmarks/ablation.py --study {study_name} --seeds {' '.join(map(str, seeds))}` "
+        f"({study.iters} steps per run, evaluated every {study.eval_every}; synthetic preset, one process and "
+        f"one thread per run). Shared overrides: `{' '.join(study.base) or '-'}`.",
+        "Variants: " + "; ".join(f"`{v}`: `{' '.join(study.variants.get(v, [])) or '-'}`" for v in runs),
+        table(agg), per_step_table(agg, "miou_ratio"), per_step_table(agg, "sfid"),
+        f"Plot: `{png.name}`",
+    ])
+    (report_dir / f"{study_name}.md").write_text(text + "\n")
+    (report_dir / f"{study_name}.json").write_text(json.dumps(
+        {v: {m: {str(s): list(t) for s, t in d.items()} for m, d in agg[v].items()} for v in agg}, indent=1))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", required=True, help=f"one of {', '.join(STUDIES)}, or a new name with --variant")
+    ap.add_argument("--variant", action="append", default=[], metavar='NAME="k=v ..."',
+                    help="an ad-hoc variant (added to the study's); NAME= for no overrides")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these variants")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--iters", type=int, default=None, help="steps per run (default: the study's)")
+    ap.add_argument("--eval-every", type=int, default=None, help="evaluation interval (default: the study's)")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at a time (default 2: one per core)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="runs go to OUT/STUDY/VARIANT/seedS")
+    ap.add_argument("--report-dir", default=str(ROOT / "docs" / "results"), help="table and plot go here")
+    ap.add_argument("--report-only", action="store_true", help="train nothing; tabulate and plot what exists")
+    ap.add_argument("--fresh", action="store_true", help="delete the study's runs first")
+    args = ap.parse_args(argv)
+
+    study = STUDIES.get(args.study, Study(variants={}))
+    for item in args.variant:
+        name, _, rest = item.partition("=")
+        study.variants[name.strip()] = rest.split()
+    if not study.variants:
+        raise SystemExit(f"study {args.study!r} is not defined; add variants with --variant NAME=\"k=v ...\"")
+    study.iters = args.iters or study.iters
+    study.eval_every = args.eval_every or study.eval_every
+    variants = [v for v in study.variants if args.only is None or v in args.only]
+    out = Path(args.out) / args.study
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+
+    if not args.report_only:
+        jobs = []
+        for seed in args.seeds:  # seed-major: the first seeds of every variant finish first
+            for v in variants:
+                run_dir = out / v / f"seed{seed}"
+                state = run_state(run_dir, study.iters)
+                if state == "done":
+                    print(f"[ablation] {run_dir}: finished, skipped", file=sys.stderr)
+                    continue
+                if state == "new" and run_dir.exists():
+                    shutil.rmtree(run_dir)  # a start that never reached a checkpoint
+                overrides = run_overrides(study, study.variants[v], study.eval_every)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "run.json").write_text(json.dumps({"study": args.study, "variant": v, "seed": seed,
+                                                              "iters": study.iters, "overrides": overrides}, indent=1))
+                jobs.append((run_dir, train_command(run_dir, overrides, seed, study.iters, state == "resume")))
+        rcs = run_all(jobs, args.parallel)
+        failed = [str(d) for d, rc in rcs.items() if rc != 0]
+        if failed:
+            print(f"[ablation] failed runs (see their train.log): {', '.join(failed)}", file=sys.stderr)
+    print(report(args.study, study, out, variants, args.seeds, Path(args.report_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

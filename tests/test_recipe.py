@@ -1,0 +1,190 @@
+"""The reference implementation's training recipe: initialisation, the C+1 segmentation loss, how R1
+enters D's optimisation, fresh fakes (tests/test_training.py) and the previous recipe as options."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_training import tiny_cfg
+
+from usis import config as C
+from usis.losses import class_balanced_ce, d_logistic_loss, l1_reconstruction, r1_penalty
+from usis.train.trainer import Trainer, build_networks
+
+
+def _convs(net):
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            yield name, m, getattr(m, "weight_orig", m.weight)
+
+
+@pytest.mark.parametrize("which", ["G", "S"])
+def test_reference_initialisation_is_xavier_normal_with_gain_002(which):
+    # wide enough layers that the sample std estimates the init std within a few percent
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.g_ch=16", "model.spade_hidden=32", "model.s_ch=16"])
+    torch.manual_seed(0)
+    net = getattr(build_networks(cfg), which)
+    checked = 0
+    for name, m, w in _convs(net):
+        fan_in = w.shape[1] * w[0, 0].numel()
+        fan_out = w.shape[0] * w[0, 0].numel()
+        expected = 0.02 * math.sqrt(2.0 / (fan_in + fan_out))
+        if w.numel() >= 2000:  # the std of a small sample is itself noisy
+            assert w.std().item() == pytest.approx(expected, rel=0.05), name
+            checked += 1
+        if m.bias is not None:
+            assert torch.count_nonzero(m.bias) == 0, name
+    assert checked >= 5
+    # spectrally normalised layers are initialised too (their weight_orig), as in the reference
+    assert any(hasattr(m, "weight_orig") for _, m, _ in _convs(net))
+
+
+def test_default_initialisation_is_pytorchs():
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.init=default"])
+    torch.manual_seed(0)
+    G = build_networks(cfg).G
+    w = G.conv_img.weight
+    # PyTorch's kaiming-uniform(a=sqrt(5)): std = 1 / sqrt(3 * fan_in), far above 0.02 * xavier
+    fan_in = w.shape[1] * 9
+    assert w.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.15)
+    assert torch.count_nonzero(G.conv_img.bias) > 0
+    with pytest.raises(C.ConfigError, match="model.init"):
+        C.validate(C.apply_overrides(C.get_preset("synthetic"), ["model.init=kaiming"]))
+
+
+def test_c_plus_one_loss_equals_a_hand_computation():
+    # 3 classes (0 = don't care) -> 4 logit channels; channel 0 is never a target but is in the softmax
+    torch.manual_seed(0)
+    labels = torch.tensor([[[0, 1, 1], [2, 2, 1]]])  # 1 x 2 x 3
+    logits = torch.randn(1, 4, 2, 3)
+    # class-balancing weights: P = 6 pixels, K = 2 present classes (1: 3 px, 2: 2 px), don't care 0
+    alpha = {0: 0.0, 1: 6 / (2 * 3), 2: 6 / (2 * 2)}
+    total = 0.0
+    for i in range(2):
+        for j in range(3):
+            c = int(labels[0, i, j])
+            z = logits[0, :, i, j]
+            ce = -(z[c + 1] - torch.logsumexp(z, 0))  # target channel c + 1 over all four channels
+            total += alpha[c] * ce.item()
+    expected = total / 6
+    got = class_balanced_ce(logits, labels, dontcare=0, extra_channel=True).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    # the extra channel matters: it is not the C-way loss on the class channels alone
+    assert got != pytest.approx(class_balanced_ce(logits[:, 1:], labels, dontcare=0).item(), rel=1e-3)
+
+
+def test_segmenter_has_one_extra_channel_by_default():
+    nets = build_networks(C.get_preset("synthetic"))
+    assert nets.S.head.out_channels == nets.G.num_classes + 1
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.s_extra_channel=false"])
+    assert build_networks(cfg).S.head.out_channels == nets.G.num_classes
+
+
+def _record_d_steps(tr):
+    """Patch D's optimizer: at every step record D and the decoder as they are (before the update) and
+    their gradients."""
+    calls = []
+    real_step = tr.opt_d.step
+
+    def step(*a, **k):
+        calls.append({"D": copy.deepcopy(tr.nets.D), "dec": copy.deepcopy(tr.nets.decoder),
+                      "grads": [None if p.grad is None else p.grad.clone() for p in tr.d_params]})
+        return real_step(*a, **k)
+
+    tr.opt_d.step = step
+    return calls
+
+
+def _grads(loss, D, dec):
+    params = list(D.parameters()) + list(dec.parameters())
+    gs = torch.autograd.grad(loss, params, allow_unused=True)
+    return list(gs)
+
+
+def _assert_grads(got, want):
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if w is None or not torch.any(w):
+            assert g is None or not torch.any(g), f"parameter {i} should get no gradient"
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7, msg=f"parameter {i}")
+
+
+def _d_inputs(tr):
+    torch.manual_seed(1)
+    photos = tr.loaders.next_photos()["image"]
+    fake = torch.tanh(torch.randn_like(photos))
+    return photos, fake
+
+
+def _main_loss(D, dec, photos, fake, lambda_rec):
+    real_logits, feats = D(photos, return_features=True)
+    adv = d_logistic_loss(real_logits, D(fake))
+    return adv + lambda_rec * l1_reconstruction(dec(feats), photos)
+
+
+def _r1(D, photos):
+    x = photos.detach().requires_grad_(True)
+    return r1_penalty(D(x), x)
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_d_step_weighting_is_the_references(tmp_path, step):
+    # reference train.py: loss_Du = reg_every * (adv + decoder L1); every reg_every iterations a separate
+    # step on 10 * R1 (10 = gamma)
+    tr = Trainer(tiny_cfg("train.r1_every=4", "train.r1_gamma=10", "train.lambda_rec=0.5",
+                          "train.r1_mode=reference"), tmp_path, progress=False)
+    tr.step = step
+    photos, fake = _d_inputs(tr)
+    calls = _record_d_steps(tr)
+    out = tr.d_step(photos, fake)
+    assert len(calls) == (2 if step % 4 == 0 else 1)
+    c = calls[0]
+    want = _grads(4 * _main_loss(c["D"], c["dec"], photos, fake, 0.5), c["D"], c["dec"])
+    _assert_grads(c["grads"], want)
+    if step % 4 == 0:
+        c = calls[1]  # D after the first update; the decoder gets no gradient from R1
+        want = _grads(10 * _r1(c["D"], photos), c["D"], c["dec"])
+        _assert_grads(c["grads"], want)
+        assert out["r1"] > 0
+
+
+def test_d_step_weighting_fused(tmp_path):
+    # the earlier recipe (train.r1_mode=fused): one step on adv + L1 + gamma / 2 * R1 * r1_every
+    tr = Trainer(tiny_cfg("train.r1_every=4", "train.r1_gamma=10", "train.lambda_rec=0.5", "train.r1_mode=fused"),
+                 tmp_path, progress=False)
+    photos, fake = _d_inputs(tr)
+    calls = _record_d_steps(tr)
+    tr.d_step(photos, fake)
+    assert len(calls) == 1
+    c = calls[0]
+    loss = _main_loss(c["D"], c["dec"], photos, fake, 0.5) + 5 * _r1(c["D"], photos) * 4
+    _assert_grads(c["grads"], _grads(loss, c["D"], c["dec"]))
+
+
+def test_previous_recipe_still_trains(tmp_path):
+    tr = Trainer(tiny_cfg("model.init=default", "model.s_extra_channel=false", "train.r1_mode=fused",
+                          "train.fresh_fakes=false"), tmp_path, progress=False)
+    s = tr.fit(2, eval_at_start=False)
+    assert s["step"] == 2 and "diverged" not in s
+    with pytest.raises(C.ConfigError, match="r1_mode"):
+        C.validate(tiny_cfg("train.r1_mode=lazy"))
+
+
+def test_reference_init_makes_gs_output_small():
+    # the point of the reference's init: G's images start near 0 (std ~0.02), not saturated noise
+    cfg = C.get_preset("cityscapes")
+    cfg = C.apply_overrides(cfg, ["data.height=64", "data.width=128", "model.g_ch=16", "model.spade_hidden=32"])
+    torch.manual_seed(0)
+    G = build_networks(cfg).G
+    m = F.one_hot(torch.randint(0, cfg.model.num_classes, (2, 64, 128)), cfg.model.num_classes).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        std_ref = G(m.float()).std().item()
+    cfg.model.init = "default"
+    torch.manual_seed(0)
+    G = build_networks(cfg).G
+    with torch.no_grad():
+        std_default = G(m.float()).std().item()
+    assert std_ref < 0.1 < std_default
