@@ -188,3 +188,16 @@ def test_reference_init_makes_gs_output_small():
     with torch.no_grad():
         std_default = G(m.float()).std().item()
     assert std_ref < 0.1 < std_default
+
+
+def test_ema_without_warmup_uses_the_decay_from_the_first_step():
+    from usis.train.ema import update_ema
+
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0), ema.weight.fill_(0.0)
+    update_ema(ema, model, 0.9, step=0, warmup=False)
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1))  # 0.9 * 0 + 0.1 * 1
+    update_ema(ema, model, 0.9, step=0, warmup=True)  # warm-up: min(0.9, 1 / 10) = 0.1
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1 * 0.1 + 0.9))
+    assert C.get_preset("cityscapes").train.ema_warmup is False  # the reference has none

@@ -107,6 +107,10 @@ class TrainConfig:
     # forwards and S's forward; S's gradient comes out of G's backward). See the README's recipe table.
     fresh_fakes: bool = True
     ema_decay: float = 0.9999
+    # Warm the EMA decay up as min(ema_decay, (1 + step) / (10 + step)) (as in StyleGAN2-ADA's ramp, in
+    # spirit): without it the EMA of a short run is mostly its random initial weights. The reference has no
+    # warm-up (utils.update_EMA); note that with it a decay of 0.9999 is only reached after ~90k steps.
+    ema_warmup: bool = False
     ema_bn_batches: int = 4  # batches used to refresh the EMA generator's BN statistics
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -258,7 +262,7 @@ def _preset_synthetic() -> Config:
     cfg.model = ModelConfig(g_ch=8, z_dim=8, spade_hidden=16, s_ch=8, d_ch=16, d_max_ch=64, dec_ch=32,
                             pixel_noise=4)
     cfg.train = TrainConfig(batch_size=2, iters=3000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
-                            ema_decay=0.99, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
+                            ema_decay=0.99, ema_warmup=True, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
                             ckpt_every=500, max_seconds=540, num_threads=0, nproc=0)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
     return cfg

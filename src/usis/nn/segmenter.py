@@ -52,7 +52,9 @@ class Segmenter(nn.Module):
     """U-Net: ``N x 3 x H x W`` image -> ``N x C x H x W`` class logits (H, W multiples of 64).
 
     Widths ``[3, 2ch, 2ch, 4ch, 4ch, 8ch, 8ch]`` (ch=64: ``[3, 128, 128, 256, 256, 512, 512]``).
-    ``extra_channel`` adds the reference's unused "fake" output channel (for size comparisons only).
+    ``extra_channel`` adds the reference's "fake" output channel as channel 0 (class ``c`` is then channel
+    ``c + 1``): never a target, but part of the softmax of the segmentation loss (the reference's "N+1"
+    loss, :func:`usis.losses.class_balanced_ce` with ``extra_channel=True``).
     """
 
     def __init__(self, num_classes: int, ch: int = 64, spectral_norm: bool = True, extra_channel: bool = False):

@@ -16,13 +16,14 @@ def make_ema(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int, warmup: bool = True) -> None:
     """``ema = d * ema + (1 - d) * model`` for parameters; buffers (BN stats, spectral-norm vectors) copied.
 
-    The decay is warmed up as ``min(decay, (1 + step) / (10 + step))`` so that short runs (and the
-    start of long ones) are not dominated by the random initial weights.
+    With ``warmup`` the decay is ``min(decay, (1 + step) / (10 + step))``, so that short runs (and the
+    start of long ones) are not dominated by the random initial weights; without it (the reference) the
+    decay is ``decay`` from the first step.
     """
-    d = min(decay, (1.0 + step) / (10.0 + step))
+    d = min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
         pe.lerp_(pm.detach(), 1.0 - d)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):

@@ -326,7 +326,7 @@ class Trainer:
         out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake))
 
         # 4. EMA of the generator
-        update_ema(self.nets.G_ema, G, t.ema_decay, self.step)
+        update_ema(self.nets.G_ema, G, t.ema_decay, self.step, t.ema_warmup)
         self.step += 1
 
         out.update(loss_g=loss_g.item(), loss_g_seg=loss_g_seg.item(), loss_g_adv=loss_g_adv.item(),
