@@ -64,7 +64,10 @@ STUDIES: dict[str, Study] = {
             # the synthetic preset's R1 gamma (1) was tuned for the fused weighting; with the reference's
             # weighting the same relative R1 strength is gamma ~8, and the paper's gamma is 10
             "reference_gamma10": REFERENCE_RECIPE + ["train.r1_gamma=10"],
+            "reference_gamma10_reused_fakes": REFERENCE_RECIPE[:-1] + ["train.fresh_fakes=false", "train.r1_gamma=10"],
             "reference_default_init": ["model.init=default"] + REFERENCE_RECIPE[1:],
+            "reference_default_init_reused_fakes": ["model.init=default"] + REFERENCE_RECIPE[1:-1]
+            + ["train.fresh_fakes=false"],
         },
         about="the reference implementation's training recipe vs the earlier one (issue 11)",
     ),

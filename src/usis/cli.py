@@ -46,9 +46,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from usis.train.checkpoint import load_checkpoint
-
-    from usis.train.checkpoint import CheckpointError
+    from usis.train.checkpoint import CheckpointError, load_checkpoint
 
     out = Path(args.out)
     ckpt_path = out / "checkpoints" / "latest.pt"

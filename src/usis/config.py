@@ -259,10 +259,12 @@ def _preset_synthetic() -> Config:
     cfg = Config(preset="synthetic")
     cfg.data = DataConfig(kind="synthetic", num_classes=10, dontcare=0, height=64, width=128, load_size=0,
                           flip=True, num_workers=0)
+    # the earlier recipe (PyTorch's init, C-way loss, fused R1, reused fakes): the reference's recipe at this
+    # preset's R1 gamma left G painting grey for 1000+ steps (docs/recipe.md, benchmarks/ablation.py --study recipe)
     cfg.model = ModelConfig(g_ch=8, z_dim=8, spade_hidden=16, s_ch=8, d_ch=16, d_max_ch=64, dec_ch=32,
-                            pixel_noise=4)
+                            pixel_noise=4, init="default", s_extra_channel=False)
     cfg.train = TrainConfig(batch_size=2, iters=3000, lr_g=4e-4, lr_s=4e-4, lr_d=2e-3, r1_gamma=1.0,
-                            ema_decay=0.99, ema_warmup=True, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
+                            r1_mode="fused", fresh_fakes=False, ema_decay=0.99, ema_warmup=True, ema_bn_batches=8, log_every=10, sample_every=500, eval_every=0,
                             ckpt_every=500, max_seconds=540, num_threads=0, nproc=0)
     cfg.eval = EvalConfig(metrics="miou,sfid", num_images=200, best_metric="sfid")
     return cfg

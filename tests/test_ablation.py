@@ -1,0 +1,80 @@
+"""benchmarks/ablation.py: which runs it skips or resumes, and the statistics it reports."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_run(run_dir: Path, records, checkpoint=True):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if checkpoint:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "checkpoints" / "latest.pt").write_bytes(b"x")
+
+
+def _rec(step, miou, sfid, ceiling=80.0):
+    return {"step": step, "miou": miou, "miou_ceiling": ceiling, "sfid": sfid}
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resumed(ablation, tmp_path):
+    _write_run(tmp_path / "done", [_rec(0, 8, 4), _rec(100, 40, 1)])
+    _write_run(tmp_path / "half", [_rec(0, 8, 4), _rec(50, 20, 2)])
+    _write_run(tmp_path / "fresh", [], checkpoint=False)
+    assert ablation.run_state(tmp_path / "done", 100) == "done"
+    assert ablation.run_state(tmp_path / "half", 100) == "resume"
+    assert ablation.run_state(tmp_path / "fresh", 100) == "new"
+    assert ablation.run_state(tmp_path / "missing", 100) == "new"
+    cmd = ablation.train_command(tmp_path / "half", ["train.lr_g=1"], seed=3, iters=100, resume=True)
+    assert "--resume" in cmd and "--set" not in cmd  # the run's own config comes from its checkpoint
+    cmd = ablation.train_command(tmp_path / "fresh", ["train.lr_g=1"], seed=3, iters=100, resume=False)
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--set") + 1] == "train.lr_g=1"
+
+
+def test_a_step_evaluated_twice_counts_once(ablation, tmp_path):
+    _write_run(tmp_path / "r", [_rec(0, 8, 4), _rec(50, 20, 2), _rec(50, 24, 3)])
+    assert ablation.read_metrics(tmp_path / "r")[50]["miou"] == 24  # the later record (after a resume)
+
+
+def test_mean_and_std_over_seeds(ablation, tmp_path):
+    out = tmp_path / "study"
+    for seed, (m, s) in enumerate([(40, 1.0), (48, 2.0), (32, 3.0)]):
+        _write_run(out / "a" / f"seed{seed}", [_rec(0, 8, 4.0), _rec(100, m, s)])
+    _write_run(out / "b" / "seed0", [_rec(0, 8, 4.0), _rec(100, 60, 0.5)])
+    runs = ablation.collect(out, ["a", "b"], [0, 1, 2])
+    assert set(runs["a"]) == {0, 1, 2} and set(runs["b"]) == {0}
+    agg = ablation.aggregate(runs)
+    mean, std, n = agg["a"]["miou_ratio"][100]
+    assert n == 3 and mean == pytest.approx(0.5) and std == pytest.approx(0.1)  # (0.5, 0.6, 0.4) / sample std
+    mean, std, n = agg["a"]["sfid_ratio"][100]
+    assert mean == pytest.approx(0.5) and std == pytest.approx(0.25)  # (0.25, 0.5, 0.75)
+    assert agg["b"]["miou_ratio"][100] == (0.75, 0.0, 1)
+    table = ablation.table(agg)
+    assert "At step 100" in table and "| a | 3 | 0.500 +- 0.100 |" in table
+    png = ablation.plot(agg, runs, tmp_path / "plot.png", "test")
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_study_variant_is_a_valid_config(ablation):
+    from usis import config as C
+
+    for name, study in ablation.STUDIES.items():
+        for variant, overrides in study.variants.items():
+            cfg = C.apply_overrides(C.get_preset("synthetic"),
+                                    ablation.run_overrides(study, overrides, study.eval_every))
+            C.validate(cfg)
+            assert cfg.train.nproc == 1 and cfg.train.max_seconds == 0, (name, variant)
