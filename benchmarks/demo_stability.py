@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="", help="a label for this configuration (folder and report names)")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (each uses the preset's processes)")
     ap.add_argument("--report-dir", default=str(ROOT / "docs" / "results"))
+    ap.add_argument("--curve", action="append", default=[], metavar="LABEL=RUN_DIR",
+                    help="also draw a run evaluated at many steps (e.g. the preset without decay, eval_every=250)")
     args = ap.parse_args(argv)
     name = args.name or "default"
     out = Path(args.out) / name
@@ -78,13 +80,23 @@ def main(argv: list[str] | None = None) -> int:
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         steps = [r[0] for r in rows]
+        curves = []
+        for item in args.curve:
+            label, _, run_dir = item.partition("=")
+            rec = read_metrics(Path(run_dir))
+            if 0 in rec:
+                pts = [(k, v["miou"] / v["miou_ceiling"], v["sfid"] / rec[0]["sfid"]) for k, v in sorted(rec.items()) if k]
+                curves.append((label, pts))
         for ax, idx, bar, title in ((axes[0], 1, MIOU_BAR, "mIoU / ceiling (bar: >=)"),
                                     (axes[1], 2, SFID_BAR, "sFID end / start (bar: <=)")):
-            ax.plot(steps, [r[idx] for r in rows], "o-")
+            for label, pts in curves:
+                ax.plot([p[0] for p in pts], [p[idx] for p in pts], ".-", color="grey", lw=1, label=label)
+            ax.plot(steps, [r[idx] for r in rows], "o-", label=f"{name}: the end of a run stopped there")
             ax.axhline(bar, color="red", ls="--", lw=1)
             ax.set_xlabel("step at which the demo stops")
             ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
         fig.suptitle(f"make demo's end vs its stopping step ({name})", fontsize=10)
         fig.tight_layout()
         fig.savefig(report_dir / f"demo_stability_{name}.png", dpi=110)

@@ -173,3 +173,20 @@ def test_lr_factor_follows_the_saved_schedule(tmp_path):
     tr2.step = 200
     assert tr2.lr_factor(10_000, 60.0) == pytest.approx(0.5)
     assert trainer_mod.TrainingDiverged.__mro__[1] is RuntimeError
+
+
+def test_a_run_saved_before_the_recipe_options_resumes_with_its_own_recipe(tmp_path):
+    # checkpoints written before model.s_extra_channel / train.r1_mode / ... existed trained the earlier
+    # recipe: resuming one must keep it (and the segmenter's C outputs), not switch to today's defaults
+    assert main(_args(tmp_path, 2, "model.s_extra_channel=false", "train.r1_mode=fused", "train.fresh_fakes=false",
+                      "model.init=default", "train.ema_warmup=true")) == 0
+    path = tmp_path / "checkpoints/latest.pt"
+    state = torch.load(path, weights_only=True)
+    for section, key in (("model", "s_extra_channel"), ("model", "init"), ("train", "r1_mode"),
+                         ("train", "fresh_fakes"), ("train", "ema_warmup")):
+        del state["config"][section][key]
+    torch.save(state, path)
+    assert main(["train", "--out", str(tmp_path), "--resume", "--iters", "3", "--no-progress"]) == 0
+    cfg = torch.load(path, weights_only=True)["config"]
+    assert cfg["model"]["s_extra_channel"] is False and cfg["train"]["r1_mode"] == "fused"
+    assert cfg["train"]["fresh_fakes"] is False and cfg["train"]["ema_warmup"] is True

@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
                         f"  usis train --out {out} --resume {previous}")
             print(f"error: {e}{hint}", file=sys.stderr)
             return 2
-        cfg = C.apply_overrides(C.Config.from_dict(state["config"]), args.overrides)
+        cfg = C.apply_overrides(C.saved_config(state["config"]), args.overrides)
     else:
         if args.preset is None:
             print("error: --preset is required (e.g. --preset synthetic)", file=sys.stderr)

@@ -182,6 +182,23 @@ class Config:
         return self
 
 
+# What a run saved before a field existed trained with: a checkpoint's config that lacks a field gets this
+# value, not today's default, so that resuming an older run keeps its recipe (and its segmenter's shape).
+LEGACY_VALUES: dict[str, dict[str, Any]] = {
+    "model": {"s_extra_channel": False, "init": "default"},
+    "train": {"r1_mode": "fused", "fresh_fakes": False, "ema_warmup": True},
+}
+
+
+def saved_config(d: dict[str, Any]) -> Config:
+    """The :class:`Config` of a checkpoint (``state["config"]``), older ones included (see LEGACY_VALUES)."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, values in LEGACY_VALUES.items():
+        for key, value in values.items():
+            d.setdefault(section, {}).setdefault(key, value)
+    return Config.from_dict(d)
+
+
 # --------------------------------------------------------------------------------------------- presets
 
 

@@ -1,11 +1,15 @@
 """The USIS training loop.
 
-One iteration (:meth:`Trainer.train_step`) is Eq. 2 of the paper, top to bottom:
+One iteration (:meth:`Trainer.train_step`) is Eq. 2 of the paper, top to bottom, trained as the
+reference implementation trains it (docs/recipe.md; each switch below is a config option):
 
 1. G step:  ``L_G = lambda_seg * L_seg(m, S(G(m))) + L_adv_G(D(G(m)))``
-2. S step:  ``L_S = L_seg(m, S(G(m)))`` with G's output detached (S never sees real photos)
-3. D step:  ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``, plus the lazy R1
-   penalty on real photos every ``r1_every`` steps (scaled by the interval, StyleGAN2 style)
+2. S step:  ``L_S = L_seg(m, S(G(m)))`` on a new fake drawn with the updated G (``train.fresh_fakes``;
+   or G's pre-update fake, detached). S never sees real photos. ``L_seg`` is over C+1 channels
+   (``model.s_extra_channel``).
+3. D step:  ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)`` on another new fake,
+   multiplied by ``r1_every``; every ``r1_every`` steps a separate step on ``r1_gamma * R1`` on real
+   photos (``train.r1_mode=reference``; ``fused`` adds StyleGAN2's ``gamma/2 * R1 * r1_every`` instead).
 4. EMA update of G.
 
 Label maps ``m`` and photos ``x`` come from two independent streams: they never correspond.
