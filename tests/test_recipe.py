@@ -23,7 +23,8 @@ def _convs(net):
 @pytest.mark.parametrize("which", ["G", "S"])
 def test_reference_initialisation_is_xavier_normal_with_gain_002(which):
     # wide enough layers that the sample std estimates the init std within a few percent
-    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.g_ch=16", "model.spade_hidden=32", "model.s_ch=16"])
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.g_ch=16", "model.spade_hidden=32", "model.s_ch=16",
+                                                        "model.init=reference"])
     torch.manual_seed(0)
     net = getattr(build_networks(cfg), which)
     checked = 0
@@ -76,7 +77,8 @@ def test_c_plus_one_loss_equals_a_hand_computation():
 
 
 def test_segmenter_has_one_extra_channel_by_default():
-    nets = build_networks(C.get_preset("synthetic"))
+    assert C.get_preset("cityscapes").model.s_extra_channel  # every real-data preset: the reference's C+1
+    nets = build_networks(C.apply_overrides(C.get_preset("synthetic"), ["model.s_extra_channel=true"]))
     assert nets.S.head.out_channels == nets.G.num_classes + 1
     cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.s_extra_channel=false"])
     assert build_networks(cfg).S.head.out_channels == nets.G.num_classes

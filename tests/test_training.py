@@ -97,7 +97,8 @@ def test_segmenter_step_matches_a_separate_pass_on_the_fake_batch(tmp_path, lamb
     from usis.losses import class_balanced_ce
     from usis.nn.generator import one_hot_labels
 
-    tr = Trainer(tiny_cfg(f"train.lambda_seg={lambda_seg}", "model.pixel_noise=0", "train.fresh_fakes=false"),
+    tr = Trainer(tiny_cfg(f"train.lambda_seg={lambda_seg}", "model.pixel_noise=0", "train.fresh_fakes=false",
+                          "model.s_extra_channel=true"),
                  tmp_path, progress=False)
     G0, S_ref, S0 = copy.deepcopy(tr.nets.G), copy.deepcopy(tr.nets.S), copy.deepcopy(tr.nets.S)
     opt_ref = torch.optim.Adam(S_ref.parameters(), lr=tr.opt_s.defaults["lr"], betas=tr.opt_s.defaults["betas"])
@@ -123,7 +124,8 @@ def test_fresh_fakes_train_s_on_a_new_fake_from_the_updated_generator(tmp_path):
 
     from usis.losses import class_balanced_ce
 
-    tr = Trainer(tiny_cfg("train.fresh_fakes=true", "model.pixel_noise=0"), tmp_path, progress=False)
+    tr = Trainer(tiny_cfg("train.fresh_fakes=true", "model.pixel_noise=0", "model.s_extra_channel=true"), tmp_path,
+                 progress=False)
     S_ref = copy.deepcopy(tr.nets.S)
     opt_ref = torch.optim.Adam(S_ref.parameters(), lr=tr.opt_s.defaults["lr"], betas=tr.opt_s.defaults["betas"])
     fakes = []

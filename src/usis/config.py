@@ -103,9 +103,11 @@ class TrainConfig:
     # to the unscaled loss on R1 steps; relative to the adversarial term about 8x the reference's weight.
     r1_mode: str = "reference"
     # True (reference train.py): the S and D steps each draw a new fake (new noise, no gradient) with G
-    # after its update. False: S and D reuse the fake of G's step, drawn before G's update (saves two G
-    # forwards and S's forward; S's gradient comes out of G's backward). See the README's recipe table.
-    fresh_fakes: bool = True
+    # after its update. False (default, a measured deviation): S and D reuse the fake of G's step, drawn
+    # before G's update; S's gradient comes out of G's backward. That saves two G forwards and S's forward,
+    # 27-31 % of an iteration's FLOPs, and on the synthetic benchmark it was not worse over three seeds
+    # (docs/recipe.md, benchmarks/ablation.py --study recipe).
+    fresh_fakes: bool = False
     ema_decay: float = 0.9999
     # Warm the EMA decay up as min(ema_decay, (1 + step) / (10 + step)) (as in StyleGAN2-ADA's ramp, in
     # spirit): without it the EMA of a short run is mostly its random initial weights. The reference has no
