@@ -648,7 +648,8 @@ class Trainer:
                    dynamic_ncols=True, desc="usis", file=sys.stderr)
         s0, seconds0 = self.step, self.train_seconds
         last_t = self.clock()
-        with _StopFlag() as stop:
+        # closing: a divergence raised mid-loop must not leave the progress bar half drawn
+        with contextlib.closing(bar), _StopFlag() as stop:
             while self.step < total:
                 labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
@@ -693,7 +694,6 @@ class Trainer:
                 if self.lr_schedule is not None and self.step >= self.lr_schedule[1]:
                     summary["lr_decay_ended"] = True  # the learning rates are 0: nothing more to train
                     break
-        bar.close()
         self.save("latest")
         if not summary["interrupted"]:
             if not (t.sample_every and self.step % t.sample_every == 0):
