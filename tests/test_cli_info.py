@@ -55,6 +55,7 @@ def test_paper_hyperparameters_in_presets():
     ("nope.x=1", "unknown section"),
     ("train.lr_g=fast", "expected a number"),
     ("lr", "key=value"),
+    ("model.num_classes=35", "set data.num_classes=35 instead"),  # one truth, never silently overwritten
 ])
 def test_bad_overrides_are_clear_errors(bad, msg, capsys):
     with pytest.raises(C.ConfigError, match=msg):
@@ -75,3 +76,12 @@ def test_float_field_with_an_int_preset_value_takes_a_float():
     assert cfg.train.max_seconds == 12.5 and cfg.train.iters == 7
     with pytest.raises(C.ConfigError, match="expected an integer"):
         C.apply_overrides(C.get_preset("synthetic"), ["train.iters=7.5"])
+
+
+def test_best_metric_needs_a_direction(tmp_path, capsys):
+    from usis.metrics.protocol import is_better
+
+    assert is_better("miou", 50.0, 40.0) and not is_better("fid", 50.0, 40.0) and is_better("sfid", 1.0, None)
+    assert main(["train", "--preset", "synthetic", "--out", str(tmp_path), "--set", "eval.best_metric=kid_std"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.best_metric=kid_std" in err and "miou" in err and "Traceback" not in err

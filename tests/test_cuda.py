@@ -8,25 +8,24 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY
 
 from usis import config as C
 from usis.generate import load_generator
+from usis.nn.build import build_networks
 from usis.nn.wavelets import dwt, iwt
-from usis.train.trainer import Trainer, build_networks
+from usis.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY = [
-    "data.height=64", "data.width=128", "data.synthetic_train=16", "data.synthetic_val=4",
-    "model.g_ch=4", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=4", "model.d_ch=8", "model.d_max_ch=32",
-    "model.dec_ch=16", "train.batch_size=2", "train.r1_every=2", "train.log_every=1", "train.sample_every=0",
-    "train.eval_every=-1", "train.ckpt_every=0", "train.device=cuda",
-]
+# TINY, wider and on the GPU
+CUDA_TINY = [*TINY, "data.width=128", "data.synthetic_train=16", "model.g_ch=4", "model.s_ch=4", "model.d_ch=8",
+             "model.d_max_ch=32", "train.device=cuda"]
 
 
 def test_networks_agree_between_cpu_and_cuda():
     torch.manual_seed(0)
-    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY)
+    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY)
     nets = build_networks(cfg)
     labels = torch.randint(0, cfg.data.num_classes, (2, 64, 128))
     onehot = torch.nn.functional.one_hot(labels, cfg.data.num_classes).permute(0, 3, 1, 2).float()
@@ -51,7 +50,7 @@ def test_haar_roundtrip_on_cuda():
 
 @pytest.mark.parametrize("amp", [False, True])
 def test_training_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, amp):
-    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY + [f"train.amp={str(amp).lower()}"])
+    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY + [f"train.amp={str(amp).lower()}"])
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     assert tr.device.type == "cuda"
     tr.fit(3, eval_at_start=False)

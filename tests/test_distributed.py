@@ -3,7 +3,7 @@
 import hashlib
 
 import torch
-from test_training import TINY, assert_identical, tiny_cfg, train_until_sigterm
+from conftest import TINY, assert_identical, tiny_cfg, train_until_sigterm
 
 from usis.cli import main
 from usis.train.distributed import Dist, launch, resolve_nproc

@@ -4,10 +4,12 @@ import json
 import math
 import types
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, set_args
 from PIL import Image
 from torch import nn
 
@@ -15,24 +17,13 @@ from usis import config as C
 from usis.cli import main
 from usis.data.synthetic import SyntheticLabels, SyntheticPhotos
 
-TINY = [
-    "data.height=64", "data.width=64", "data.synthetic_train=12", "data.synthetic_val=4",
-    "model.g_ch=2", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=2", "model.d_ch=4", "model.d_max_ch=16",
-    "model.dec_ch=16", "train.batch_size=2", "train.r1_every=2", "train.log_every=1", "train.sample_every=0",
-    "train.eval_every=-1", "train.ckpt_every=0", "train.num_threads=1", "train.nproc=1",  # no periodic evaluator
-]
-
-
-def _sets(items):
-    return [a for s in items for a in ("--set", s)]
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
-                 *_sets(TINY)]) == 0
+                 *set_args(TINY)]) == 0
     return out / "checkpoints" / "latest.pt"
 
 
@@ -77,9 +68,13 @@ def test_generate_writes_n_images_per_map_named_by_seed(ckpt, labels_dir, tmp_pa
 
 
 def test_local_style_gives_each_class_its_own_noise(ckpt, labels_dir, tmp_path):
-    from usis.generate import noise_for
+    from usis.nn.noise import seeded_noise
 
     labels = torch.tensor([[[1, 1, 2], [3, 3, 2]]])
+
+    def noise_for(labels, seeds, z_dim, num_classes, local_style):
+        return seeded_noise(seeds, z_dim, 0, 2, 3, labels=labels, num_classes=num_classes, local_style=local_style)[0]
+
     z = noise_for(labels, [7], z_dim=4, num_classes=10, local_style=True)
     assert z.shape == (1, 4, 2, 3)
     assert torch.equal(z[0, :, 0, 0], z[0, :, 0, 1]) and torch.equal(z[0, :, 0, 2], z[0, :, 1, 2])
@@ -126,18 +121,26 @@ def test_export_then_generate_gives_the_same_images(ckpt, labels_dir, tmp_path):
     exp = tmp_path / "export"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(exp)]) == 0
     meta = json.loads((exp / "config.json").read_text())
-    assert meta["format"] == "usis-generator" and meta["step"] == 1 and meta["model"]["g_ch"] == 2
+    assert meta["format"] == "usis-generator" and meta["step"] == 1 and meta["run"]["model"]["g_ch"] == 2
+    assert meta["class"] == "Generator" and meta["config"]["ch"] == 2  # Generator.save_pretrained's layout
     state = torch.load(ckpt, weights_only=True)["G_ema"]
     exported = load_file(str(exp / "generator.safetensors"))
     assert exported.keys() == state.keys() and all(torch.equal(exported[k], state[k]) for k in state)
 
+    # an export of the earlier layout (the run config at the top level, no "config") still loads
+    old = tmp_path / "old_export"
+    old.mkdir()
+    (old / "generator.safetensors").write_bytes((exp / "generator.safetensors").read_bytes())
+    (old / "config.json").write_text(json.dumps({**meta["run"], "format": "usis-generator", "step": 1}))
+
     outs = {}
-    for name, source in (("ckpt", ckpt), ("export", exp)):
+    for name, source in (("ckpt", ckpt), ("export", exp), ("old_export", old)):
         outs[name] = tmp_path / name
         assert main(["generate", "--checkpoint", str(source), "--labels", str(labels_dir), "--out",
                      str(outs[name]), "--n", "2", "--seed", "11", "--device", "cpu"]) == 0
     for p in outs["ckpt"].iterdir():
         assert np.array_equal(_img(p), _img(outs["export"] / p.name)), p.name
+        assert np.array_equal(_img(p), _img(outs["old_export"] / p.name)), p.name
 
 
 # -------------------------------------------------------------------------------------------- evaluate
@@ -221,7 +224,8 @@ def cheap_fid(monkeypatch, tmp_path):
         calls.append(weights_path)
         return Projected(real_build(weights_path, antialias))
 
-    monkeypatch.setattr(fidmod, "build_inception", build)
+    for where in ("usis.metrics.fid", "usis.evaluate", "usis.train.evaluation"):  # patched where it is used
+        monkeypatch.setattr(f"{where}.build_inception", build)
     monkeypatch.setenv("USIS_CACHE", str(tmp_path / "cache"))
     return calls
 
@@ -233,7 +237,7 @@ def test_evaluate_fid_kid_on_a_folder_dataset_and_periodic_fid(ckpt, folder_data
 
     out = tmp_path / "report"
     args = ["evaluate", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", "fid,kid",
-            "--fid-weights", str(inception_file), "--device", "cpu", *_sets(folder_data)]
+            "--fid-weights", str(inception_file), "--device", "cpu", *set_args(folder_data)]
     assert main(args) == 0
     assert cheap_fid == [str(inception_file)]
     report = json.loads((out / "report.json").read_text())
@@ -254,7 +258,7 @@ def test_evaluate_fid_kid_on_a_folder_dataset_and_periodic_fid(ckpt, folder_data
     gen = load_generator(ckpt)
     trainer = types.SimpleNamespace(
         device=torch.device("cpu"), step=0,
-        generate=lambda labels, seed, batch_size: generate_images(gen.G, labels, [seed] * len(labels)))
+        generate=lambda labels, seeds, batch_size: generate_images(gen.G, labels, list(seeds)))
     metrics = evaluator(trainer)
     assert metrics["fid"] > 0 and "kid_mean" in metrics
     assert list((tmp_path / "cache" / "fid_stats").glob("*.pt")) == stats  # reused, not recomputed
@@ -269,9 +273,9 @@ def test_missing_inception_weights_offline(ckpt, folder_data, tmp_path, monkeypa
     def offline(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "r"), "--metrics", "fid",
-               "--device", "cpu", *_sets(folder_data)])
+               "--device", "cpu", *set_args(folder_data)])
     err = capsys.readouterr().err
     assert rc == 2 and "--fid-weights" in err and "eval.fid_weights" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "report.json").exists()
@@ -288,7 +292,7 @@ def test_pixel_noise_generator_is_reproducible_from_its_seeds(tmp_path):
 
     out = tmp_path / "pn"
     assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
-                 *_sets(TINY + ["model.pixel_noise=2"])]) == 0
+                 *set_args(TINY + ["model.pixel_noise=2"])]) == 0
     gen = load_generator(out / "checkpoints" / "latest.pt")
     assert gen.G.pixel_noise == 2
     labels = torch.stack([SyntheticLabels(2, 64, 64, split="test")[i]["label"] for i in range(2)])

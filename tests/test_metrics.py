@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -160,13 +161,18 @@ def test_real_statistics_cache_is_reused(tmp_path):
 def test_missing_inception_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # empty hub cache
 
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("network is unreachable")
+    timeouts = []
 
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    def hanging(url, timeout=None):  # an offline cluster whose connections hang: gives up after `timeout`
+        timeouts.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(urllib.request, "urlopen", hanging)
     with pytest.raises(MetricsError) as err:
         build_inception(None)
     assert "fid_weights" in str(err.value) and fidmod.PYTORCH_FID_URL in str(err.value)
+    assert timeouts == [fidmod.DOWNLOAD_TIMEOUT_S] and 0 < fidmod.DOWNLOAD_TIMEOUT_S <= 60
+    assert not list((tmp_path / "hub").rglob("*.pth*"))  # nothing half written
     missing = tmp_path / "nope.pth"
     with pytest.raises(MetricsError, match="nope.pth") as err:
         build_inception(str(missing))

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training import tiny_cfg
+from conftest import tiny_cfg
 
 from usis import config as C
 from usis.losses import class_balanced_ce, d_logistic_loss, l1_reconstruction, r1_penalty
-from usis.train.trainer import Trainer, build_networks
+from usis.nn.build import build_networks
+from usis.train.trainer import Trainer
 
 
 def _convs(net):

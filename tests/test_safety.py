@@ -4,7 +4,7 @@ import signal
 
 import pytest
 import torch
-from test_training import TINY, assert_identical, tiny_cfg
+from conftest import TINY, assert_identical, tiny_cfg
 
 from usis.cli import main
 from usis.train import trainer as trainer_mod

@@ -1,4 +1,8 @@
-"""The ``usis`` command. Thin: parses arguments, then calls library functions."""
+"""The ``usis`` command. Thin: parses arguments, then calls library functions.
+
+The library is imported inside each command's function (not at the top), so that ``usis --help`` and a
+mistyped option answer at once instead of after importing torch and the networks.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 from pathlib import Path
 
 from usis import config as C
+from usis.errors import UsisError, install_warning_format
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset_required: bool = True) -> None:
@@ -26,7 +31,8 @@ def _resolve(args) -> C.Config:
 
 
 def cmd_info(args) -> int:
-    from usis.train.trainer import build_networks, count_parameters
+    from usis.nn.build import build_networks
+    from usis.train.trainer import count_parameters
 
     cfg = _resolve(args)
     C.validate(cfg)
@@ -46,10 +52,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from usis.train.checkpoint import CheckpointError, load_checkpoint
+    from usis.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 
     out = Path(args.out)
-    ckpt_path = out / "checkpoints" / "latest.pt"
+    ckpt_path = checkpoint_path(out)
     if args.resume:
         resume_path = ckpt_path if args.resume == "latest" else Path(args.resume)
         if not resume_path.exists():
@@ -85,17 +91,24 @@ def cmd_train(args) -> int:
         return 0
 
     from usis.data.check import preflight
+    from usis.metrics.protocol import higher_is_better
+    from usis.nn.build import check_image_size
     from usis.train import distributed
-    from usis.train.trainer import resolve_device, train_process
+    from usis.train.trainer import train_process
+    from usis.utils.device import resolve_device
 
+    check_image_size(cfg)  # what the networks need, before any process starts
+    if cfg.train.eval_every >= 0:
+        higher_is_better(cfg.eval.best_metric)  # best.pt needs a metric with a direction
     preflight(cfg)
     resume = resume_path if args.resume else None
     progress = not args.no_progress
     env = distributed.from_environment()  # torchrun
-    use_cuda = resolve_device(cfg.train.device).type == "cuda"
+    use_cuda = resolve_device(cfg.train.device, setting="train.device").type == "cuda"
     nproc = distributed.resolve_nproc(cfg.train.nproc, cfg.train.batch_size, use_cuda)
     if env.enabled or nproc == 1:
         summary = train_process(env, cfg, out, resume, progress, args.deadline)
+        distributed.shutdown()  # torchrun: every rank done before any leaves the group
         if not env.is_main:
             return 3 if summary.get("diverged") else 0
     else:
@@ -129,9 +142,10 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from usis.generate import GenerateError, generate_from_files, load_generator, resolve_device
+    from usis.generate import GenerateError, generate_from_files, load_generator
+    from usis.utils.device import resolve_device
 
-    gen = load_generator(args.checkpoint, resolve_device(args.device))
+    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"))
     if args.num_classes is not None and args.num_classes != gen.num_classes:
         raise GenerateError(f"--num-classes {args.num_classes}: this generator was trained with {gen.num_classes} "
                             f"classes (ids 0..{gen.num_classes - 1}) and accepts no other count; use label maps of "
@@ -245,20 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_warning_format()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except C.ConfigError as e:
+    except UsisError as e:  # every error a user can cause: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # user-facing errors from the library carry their own message
-        from usis.errors import USER_ERRORS
 
-        if isinstance(e, USER_ERRORS()):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+
+def entry() -> None:
+    """The ``usis`` command: :func:`main`, then exit. A torchrun worker leaves without the interpreter's
+    finalisation (``usis.train.distributed.exit_now``: gloo's threads may abort the exit otherwise)."""
+    code = main()
+    dist_mod = sys.modules.get("usis.train.distributed")  # imported only by a training command
+    if dist_mod is not None and dist_mod.from_environment_used:
+        dist_mod.exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

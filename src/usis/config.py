@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A user-caused configuration problem; the message says what to change."""
+from usis.errors import ConfigError
 
 
 @dataclass
@@ -347,6 +345,9 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
         fields = {f.name: f for f in dataclasses.fields(obj)}
         if name not in fields:
             raise ConfigError(f"--set {key}: unknown field {name!r}; {section} has: {', '.join(sorted(fields))}")
+        if key == "model.num_classes":  # one truth: the networks take the data's class count
+            raise ConfigError(f"--set {key}: the class count belongs to the data; set data.num_classes={text.strip()} "
+                              "instead (model.num_classes follows it)")
         current = getattr(obj, name)
         if str(fields[name].type) == "float" and isinstance(current, int) and not isinstance(current, bool):
             current = float(current)  # a float field whose preset value happens to be written as an int

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from usis.checkpoint import checkpoint_path
 from usis.cli import main as usis_main
 
 # Issue 3's bars for the demo: mIoU on generated images vs the evaluator's ceiling, sFID end vs start.
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     t0 = time.time()
     cmd = ["train", "--preset", "synthetic", "--out", str(out)]
-    if args.keep and (out / "checkpoints" / "latest.pt").exists():
+    if args.keep and checkpoint_path(out).exists():
         cmd = ["train", "--out", str(out), "--resume"]
     cmd += ["--deadline", f"{deadline:.0f}", "--set", "train.max_seconds=0"]  # the deadline decides
     for s in args.overrides:

@@ -20,7 +20,6 @@ extractor id and the number of photos.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import os
 import sys
@@ -30,87 +29,26 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Subset
 
 from usis.config import Config, apply_overrides
-from usis.generate import GenerateError, LoadedGenerator, generate_images, load_generator, resolve_device
-
-ALL_METRICS = ("fid", "kid", "miou", "msssim", "sfid")
-SEGMENTERS = ("drn", "segformer", "torchscript")
-RESULT_ORDER = ("fid", "kid_mean", "kid_std", "miou", "pixel_accuracy", "miou_ceiling", "sfid", "msssim")
-
-
-class EvaluateError(GenerateError):
-    """A user-fixable problem with an evaluation request."""
-
-
-# ------------------------------------------------------------------------------------ shared helpers
-
-
-def parse_metrics(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:
-    """``"fid,kid,miou"`` -> ``["fid", "kid", "miou"]`` (order kept, duplicates dropped, names checked)."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out: list[str] = []
-    for raw in items:
-        name = raw.strip().lower()
-        if not name:
-            continue
-        if name in ("miou_ceiling",):
-            name = "miou"
-        if name not in ALL_METRICS:
-            raise EvaluateError(f"unknown metric {name!r}; choose from {', '.join(ALL_METRICS[:4])} "
-                                "(and sfid for the synthetic preset)")
-        if name == "sfid" and kind != "synthetic":
-            raise EvaluateError("sfid is the synthetic preset's metric; on real data use fid")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise EvaluateError("no metrics requested; e.g. --metrics fid,miou")
-    return out
-
-
-def dataset_fingerprint(cfg: Config, photos, n: int) -> str:
-    """What identifies the first ``n`` validation photos, for the real-statistics cache key."""
-    if cfg.data.kind == "synthetic":
-        from usis.data.synthetic import DATA_VERSION
-
-        return f"synthetic:data{DATA_VERSION}:seed{cfg.data.synthetic_seed}"
-    h = hashlib.sha1()
-    for p in list(getattr(photos, "paths", []))[:n]:
-        try:
-            st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}|missing\n".encode())
-    return f"{cfg.data.kind}:{h.hexdigest()[:16]}"
-
-
-def real_key(cfg: Config, photos, n: int, extractor) -> str:
-    """The :func:`usis.metrics.fid.real_stats_key` of the first ``n`` validation photos."""
-    from usis.metrics.fid import feature_extractor_id, real_stats_key
-
-    return real_stats_key(dataset_fingerprint(cfg, photos, n), "val", (cfg.data.height, cfg.data.width),
-                          feature_extractor_id(extractor), n)
-
-
-def photo_batches(photos, n: int, batch_size: int, num_workers: int = 0) -> Callable[[], Iterator[Tensor]]:
-    """A factory of iterators over the first ``n`` photos, in batches (float N x 3 x H x W in [-1, 1])."""
-    from usis.data import make_eval_loader
-
-    def factory() -> Iterator[Tensor]:
-        for batch in make_eval_loader(Subset(photos, range(n)), batch_size, num_workers):
-            yield batch["image"]
-
-    return factory
-
-
-def label_batches(labels, n: int, batch_size: int, num_workers: int = 0) -> Iterator[Tensor]:
-    """The first ``n`` label maps in order, in batches (int64 N x H x W)."""
-    from usis.data import make_eval_loader
-
-    for batch in make_eval_loader(Subset(labels, range(n)), batch_size, num_workers):
-        yield batch["label"]
-
+from usis.data import build_datasets
+from usis.errors import EvaluateError
+from usis.generate import LoadedGenerator, generate_images, label_set, load_generator
+from usis.metrics.diversity import msssim_diversity
+from usis.metrics.fid import build_inception, compute_fid
+from usis.metrics.miou import ConfusionMatrix
+from usis.metrics.protocol import (
+    RESULT_ORDER,
+    label_batches,
+    parse_metrics,
+    photo_batches,
+    real_key,
+)
+from usis.metrics.report import write_report
+from usis.metrics.segmenters import build_segmenter, segmentation_confusion
+from usis.metrics.synthetic_eval import SyntheticEvaluator
+from usis.utils.device import resolve_device
+from usis.utils.images import colorize_tensor, save_grid
 
 # ------------------------------------------------------------------------------------------- evaluate
 
@@ -148,10 +86,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     ``overrides``: ``--set`` strings applied to the run's config (``data.root=...``; not ``model.*``).
     Returns ``{"results", "per_class", "meta", "report_json", "report_md"}``.
     """
-    from usis.data import build_datasets
-    from usis.metrics.report import write_report
-
-    dev = resolve_device(device)
+    dev = resolve_device(device, setting="--device")
     gen = load_generator(checkpoint, dev)
     cfg = _eval_config(gen, overrides)
     if fid_weights:
@@ -172,13 +107,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     # --- the measuring tools first: a missing weights file should fail before any image is generated
     extractor = seg = ev = None
     if "fid" in wanted or "kid" in wanted:
-        from usis.metrics.fid import build_inception
-
         extractor = build_inception(cfg.eval.fid_weights or None).to(dev)
         meta["fid_extractor"] = extractor.extractor_id
     if synthetic and ("miou" in wanted or "sfid" in wanted):
-        from usis.metrics.synthetic_eval import SyntheticEvaluator
-
         ev = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
                                               device=dev)
         meta["segmenter"] = "synthetic evaluator (usis.metrics.synthetic_eval)"
@@ -192,7 +123,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         if not segmenter_path:
             raise EvaluateError(f"--segmenter {segmenter} needs --segmenter-path (the weights file, model folder or "
                                 "TorchScript file)")
-        from usis.metrics.segmenters import build_segmenter
 
         seg = build_segmenter(segmenter, segmenter_path, kind, segmenter_mapping, dev)
         meta["segmenter"] = seg.name
@@ -213,8 +143,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     # --- one pass over the label maps: generate, then feed every metric that looks at single images
     cm = None
     if seg is not None:
-        from usis.metrics.miou import ConfusionMatrix
-
         cm = ConfusionMatrix(seg.num_classes, seg.ignore_index)
     keep_all = ev is not None
     kept: dict[str, list[Tensor]] = {"fake": [], "labels": []}
@@ -228,8 +156,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
             fake = generate_images(gen.G, labels, seeds, batch_size=bs)
             start += len(labels)
             if cm is not None:
-                from usis.metrics.segmenters import segmentation_confusion
-
                 segmentation_confusion(seg, [(fake, labels)], cm)
             if keep_all:
                 kept["fake"].append(fake)
@@ -241,8 +167,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
 
     results: dict[str, Any] = {}
     if extractor is not None:
-        from usis.metrics.fid import compute_fid
-
         key = real_key(cfg, val.photos, n_real, extractor)
         res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, cfg.data.num_workers), key,
                           cfg.eval.cache_dir or None, extractor, kid="kid" in wanted)
@@ -282,8 +206,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
 
 def _msssim(gen: LoadedGenerator, labels_ds, maps: int, samples: int, first_seed: int, bs: int,
             workers: int) -> float:
-    from usis.metrics.diversity import msssim_diversity
-
     counter = itertools.count(first_seed)
 
     def generate_fn(labels: Tensor) -> Tensor:
@@ -296,13 +218,10 @@ def _msssim(gen: LoadedGenerator, labels_ds, maps: int, samples: int, first_seed
 def _save_preview(out_dir, preview: list[Tensor], preview_labels: list[Tensor], val, n_real: int,
                   cfg: Config) -> None:
     """``samples.png``: label | generated | a real photo, for the first (up to 8) label maps."""
-    from usis.generate import label_set
-    from usis.train.monitor import colorize, save_grid
-
     if not preview:
         return
     fake = torch.cat(preview)[:8]
     labels = torch.cat(preview_labels)[:8]
     real = torch.stack([val.photos[i]["image"] for i in range(min(len(fake), n_real))])
     _, palette = label_set(cfg)
-    save_grid([colorize(labels, palette), fake, real], Path(out_dir) / "samples.png")
+    save_grid([colorize_tensor(labels, palette), fake, real], Path(out_dir) / "samples.png")

@@ -10,19 +10,16 @@ A generator comes from either
 The generator always runs in eval mode with the batch-norm statistics stored with it (nothing is
 refreshed), so an image depends only on its label map and its noise seed.
 
-Noise. Image ``k`` of a label map uses seed ``seed + k``: one ``z_dim`` vector drawn from
-``torch.Generator().manual_seed(seed + k)`` (the same vector ``Trainer.generate`` draws for one image
-with that seed), broadcast over the image. With ``local_style`` the same generator draws one vector
-per class id instead (``num_classes x z_dim``) and every pixel gets the vector of its class: a style
-per region, so two regions of different classes vary independently.
+Noise. Image ``k`` of a label map uses seed ``seed + k``, drawn as :mod:`usis.nn.noise` says (the one
+definition: a training sample grid's column for seed ``s`` shows the images ``usis generate --seed s``
+writes for the same weights). With ``local_style`` every class id gets its own vector: a style per
+region, so two regions of different classes vary independently.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +28,23 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
+from usis.checkpoint import find_checkpoint, load_checkpoint
 from usis.config import Config, ConfigError
+from usis.data import synthetic
+from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS, label_array, open_image, remap_coco
+from usis.data.palette import class_info, load_class_file
+from usis.errors import CheckpointError, DatasetError, GenerateError
+from usis.nn.build import build_generator
 from usis.nn.generator import Generator, one_hot_labels
+from usis.nn.noise import seeded_noise
+from usis.nn.pretrained import CONFIG_NAME, load_state
+from usis.utils.images import colorize as colorize_labels
+from usis.utils.images import save_image
 
-EXPORT_FORMAT = "usis-generator"
-EXPORT_WEIGHTS = "generator.safetensors"
-EXPORT_CONFIG = "config.json"
-
-
-class GenerateError(ValueError):
-    """A user-fixable problem with a generate / export / evaluate request; the message says the fix."""
+EXPORT_WEIGHTS = Generator.weights_name  # generator.safetensors
+EXPORT_CONFIG = CONFIG_NAME  # config.json
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -66,60 +69,32 @@ class LoadedGenerator:
         return self.cfg.data.height, self.cfg.data.width
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is a user error."""
-    if name in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise GenerateError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"--device {name}: CUDA is not available here; use --device cpu (or auto)")
-    return dev
-
-
 def _is_export_dir(path: Path) -> bool:
     return path.is_dir() and (path / EXPORT_WEIGHTS).is_file()
 
 
-def _read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
-    from safetensors.torch import load_file
-
+def _load_export(path: Path) -> tuple[Generator, dict[str, Any], int, str]:
+    """An export folder (or its ``generator.safetensors``): the generator, the run config, the step."""
     folder = path if path.is_dir() else path.parent
-    cfg_path = folder / EXPORT_CONFIG
-    weights = folder / EXPORT_WEIGHTS if path.is_dir() else path
-    if not cfg_path.is_file():
-        raise GenerateError(f"{folder}: {EXPORT_CONFIG} is missing next to {weights.name}; re-create the folder "
-                            "with `usis export --checkpoint RUN/checkpoints/latest.pt --out DIR`")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise GenerateError(f"{cfg_path}: cannot read the exported config ({e}); re-run `usis export`") from e
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise GenerateError(f"{cfg_path}: not a usis generator export (expected \"format\": \"{EXPORT_FORMAT}\"); "
-                            "re-run `usis export`")
-    try:
-        state = load_file(str(weights), device="cpu")
-    except Exception as e:  # truncated / not a safetensors file
-        raise GenerateError(f"{weights}: cannot read the generator weights ({type(e).__name__}: {e}); "
-                            "re-run `usis export`") from e
-    return state, meta, int(meta.get("step", 0))
+    meta = Generator.read_pretrained_config(folder)
+    if "config" in meta:  # save_pretrained's layout: the generator's own config, the run's under "run"
+        G = Generator.from_config_and_weights(meta["config"], folder / EXPORT_WEIGHTS)
+        run = meta.get("run")
+        if not isinstance(run, dict):
+            raise CheckpointError(f"{folder / EXPORT_CONFIG}: no \"run\" entry (the training config); re-create the "
+                                  "folder with `usis export`")
+    else:  # exports written before save_pretrained: the run config at the top level
+        run = {k: v for k, v in meta.items() if k not in ("format", "step", "source", "version")}
+        G = None
+    return G, run, int(meta.get("step", 0)), str(path)
 
 
 def _read_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int, str]:
-    from usis.train.checkpoint import CheckpointError, load_checkpoint
-
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "G_ema" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a usis training checkpoint (no 'G_ema' / 'config' entries); pass "
                               "RUN/checkpoints/latest.pt (or best.pt), or a folder written by `usis export`")
-    if path.is_dir():  # load_checkpoint resolved RUN/ to RUN/checkpoints/latest.pt
-        for cand in (path / "checkpoints" / "latest.pt", path / "latest.pt"):
-            if cand.exists():
-                path = cand
-                break
-    return state["G_ema"], state["config"], int(state.get("step", 0)), str(path)
+    return state["G_ema"], state["config"], int(state.get("step", 0)), str(find_checkpoint(path))
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
@@ -127,102 +102,54 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
     Returns it in eval mode on ``device`` with the run's :class:`Config`.
     """
-    from usis.train.checkpoint import CheckpointError
-    from usis.train.trainer import build_generator
-
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a training checkpoint (RUN/checkpoints/latest.pt) or "
                               "a folder written by `usis export`")
-    if path.is_dir() and not _is_export_dir(path) and not any(
-            (path / c).is_file() for c in ("checkpoints/latest.pt", "latest.pt")):
+    if path.is_dir() and not _is_export_dir(path) and find_checkpoint(path) is None:
         raise CheckpointError(f"{path} is a folder without {EXPORT_WEIGHTS} (an export) or checkpoints/latest.pt "
                               "(a training run); pass the checkpoint file or the export folder")
+    state = None
     if _is_export_dir(path) or path.suffix == ".safetensors":
-        state, cfg_dict, step = _read_export(path)
-        source = str(path)
+        G, cfg_dict, step, source = _load_export(path)
+        if G is None:  # an export of the earlier layout
+            state = load_file_checked(path / EXPORT_WEIGHTS if path.is_dir() else path)
     else:
+        G = None
         state, cfg_dict, step, source = _read_training_checkpoint(path)
     try:
         cfg = Config.from_dict(cfg_dict).sync()
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{source}: the stored config is not readable by this version of usis ({e})") from e
-    G = build_generator(cfg)
-    try:
-        G.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(f"{source}: the generator weights do not fit the stored config ({first}); "
-                              "was the file edited or written by another version?") from e
+    if G is None:
+        G = build_generator(cfg)
+        load_state(G, state, source)
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     G.to(dev).eval().requires_grad_(False)
     return LoadedGenerator(G=G, cfg=cfg, step=step, source=source, device=dev)
+
+
+def load_file_checked(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # truncated / not a safetensors file
+        raise CheckpointError(f"{path}: cannot read the generator weights ({type(e).__name__}: {e}); "
+                              "re-run `usis export`") from e
 
 
 # -------------------------------------------------------------------------------------------- export
 
 
 def export_generator(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_dir/generator.safetensors`` (the EMA generator) and ``out_dir/config.json``.
-
-    ``config.json`` holds the run config plus ``"format": "usis-generator"`` and ``"step"``. Both files
-    are written atomically. Returns their paths.
-    """
-    from safetensors.torch import save_file
-
+    """``usis export``: the EMA generator's :meth:`~usis.nn.pretrained.Pretrained.save_pretrained` folder,
+    ``out_dir/generator.safetensors`` and ``out_dir/config.json`` (the generator's own config, plus the
+    training run's config under ``"run"``, its ``"step"`` and ``"source"``). Returns the two paths."""
     gen = load_generator(checkpoint, "cpu")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in gen.G.state_dict().items()}
-    weights, cfg_path = out / EXPORT_WEIGHTS, out / EXPORT_CONFIG
-    fd, tmp = tempfile.mkstemp(prefix=weights.name + ".", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": EXPORT_FORMAT, "step": str(gen.step)})
-        os.replace(tmp, weights)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    meta = {**gen.cfg.to_dict(), "format": EXPORT_FORMAT, "step": gen.step, "source": gen.source}
-    fd, tmp = tempfile.mkstemp(prefix=cfg_path.name + ".", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, cfg_path)
-    return weights, cfg_path
+    out = gen.G.save_pretrained(out_dir, metadata={"run": gen.cfg.to_dict(), "step": gen.step, "source": gen.source})
+    return out / EXPORT_WEIGHTS, out / EXPORT_CONFIG
 
 
 # --------------------------------------------------------------------------------------------- noise
-
-
-def noise_vector(seed: int, z_dim: int) -> torch.Tensor:
-    """The ``z_dim`` noise vector of seed ``seed`` (equal to ``Trainer.generate``'s for one image)."""
-    return torch.randn(1, max(z_dim, 1), generator=torch.Generator().manual_seed(int(seed)))[0, :z_dim]
-
-
-def noise_for(labels: torch.Tensor, seeds: Sequence[int], z_dim: int, num_classes: int,
-              local_style: bool = False) -> torch.Tensor:
-    """Noise for a batch: ``N x z_dim`` (one vector per image) or, with ``local_style``,
-    ``N x z_dim x H x W`` where every class id of image i has its own vector drawn from seed i."""
-    if not local_style:
-        return torch.stack([noise_vector(s, z_dim) for s in seeds])
-    maps = []
-    for lab, s in zip(labels.cpu(), seeds, strict=True):
-        per_class = torch.randn(num_classes, max(z_dim, 1), generator=torch.Generator().manual_seed(int(s)))
-        maps.append(per_class[:, :z_dim][lab.long()].permute(2, 0, 1))  # H x W x z -> z x H x W
-    return torch.stack(maps)
-
-
-def pixel_noise_for(G: Generator, seeds: Sequence[int], height: int, width: int) -> torch.Tensor | None:
-    """``G``'s per-pixel noise (``N x G.pixel_noise x H x W``, on the CPU; ``None`` without any): image
-    i's drawn from seed i's generator right after its noise vector, so ``z`` is unchanged by it."""
-    if not G.pixel_noise:
-        return None
-    maps = []
-    for s in seeds:
-        g = torch.Generator().manual_seed(int(s))
-        torch.randn(1, max(G.z_dim, 1), generator=g)  # the noise vector comes first
-        maps.append(G.sample_pixel_noise(1, height, width, generator=g, device="cpu"))
-    return torch.cat(maps)
 
 
 @torch.no_grad()
@@ -232,14 +159,16 @@ def generate_images(G: Generator, labels: torch.Tensor, seeds: Sequence[int], lo
     image i with noise seed ``seeds[i]``. ``G`` should be in eval mode."""
     if len(seeds) != len(labels):
         raise ValueError(f"{len(seeds)} seeds for {len(labels)} label maps")
-    device = next(G.parameters()).device
+    p = next(G.parameters())
+    device, dtype = p.device, p.dtype  # inputs follow the weights (a float16 / bfloat16 generator)
     out = []
     for i in range(0, len(labels), batch_size):
         lab = labels[i:i + batch_size]
-        z = noise_for(lab, seeds[i:i + batch_size], G.z_dim, G.num_classes, local_style)
-        m = one_hot_labels(lab.to(device), G.num_classes)
-        pn = pixel_noise_for(G, seeds[i:i + batch_size], *lab.shape[-2:])
-        out.append(G(m, z.to(device) if G.z_dim else None, None if pn is None else pn.to(device)).float().cpu())
+        z, pn = seeded_noise(seeds[i:i + batch_size], G.z_dim, G.pixel_noise, *lab.shape[-2:], labels=lab,
+                             num_classes=G.num_classes, local_style=local_style)
+        m = one_hot_labels(lab.to(device), G.num_classes).to(dtype)
+        z = z.to(device, dtype) if G.z_dim else None
+        out.append(G(m, z, None if pn is None else pn.to(device, dtype)).float().cpu())
     if not out:
         return torch.empty(0, 3, *labels.shape[-2:])
     return torch.cat(out)
@@ -250,12 +179,8 @@ def generate_images(G: Generator, labels: torch.Tensor, seeds: Sequence[int], lo
 
 def label_set(cfg: Config) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Class names and colours of a run's label set (synthetic, standard sets, class file, generic)."""
-    from usis.data.palette import class_info, load_class_file
-
     k = cfg.data.num_classes
     if cfg.data.kind == "synthetic":
-        from usis.data import synthetic
-
         return list(synthetic.CLASS_NAMES), [tuple(c) for c in synthetic.PALETTE]
     if cfg.data.class_file and Path(cfg.data.class_file).is_file():
         try:
@@ -269,8 +194,6 @@ def label_set(cfg: Config) -> tuple[list[str], list[tuple[int, int, int]]]:
 
 def list_label_files(path: str | os.PathLike) -> list[Path]:
     """One label file, or every label image under a folder (recursive, sorted)."""
-    from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS
-
     p = Path(path).expanduser()
     if p.is_file():
         return [p]
@@ -292,8 +215,6 @@ def read_label_map(path: str | os.PathLike, cfg: Config) -> np.ndarray:
     Label files are read like the training data (index / grayscale PNGs; COCO-Stuff's stored values
     shifted by one). Raises :class:`~usis.data.datasets.DatasetError` naming the file and the fix.
     """
-    from usis.data.datasets import DatasetError, label_array, open_image, remap_coco
-
     path = str(path)
     k = cfg.data.num_classes
     with open_image(path) as img:
@@ -317,14 +238,6 @@ def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
     return np.ascontiguousarray(ids[rows[:, None], cols[None, :]])
-
-
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """Write one ``3 x H x W`` image in [-1, 1] as an 8-bit RGB PNG."""
-    from usis.train.monitor import to_uint8
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image)).save(path)
 
 
 # ----------------------------------------------------------------------------------------- generate
@@ -376,13 +289,11 @@ def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if colorize:
-        from usis.data.palette import colorize as colorize_ids
-
         _, palette = label_set(gen.cfg)
         for f, stem in zip(files, stems, strict=True):
             path = out / f"{stem}_label.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colorize_ids(maps[f], palette)).save(path)
+            Image.fromarray(colorize_labels(maps[f], palette)).save(path)
     jobs = list(_jobs(files, root, n, seed))
     written: list[Path] = []
     for i in range(0, len(jobs), batch_size):

@@ -36,6 +36,7 @@ from usis.data.datasets import (
     remap_coco,
     resolve_layout,
 )
+from usis.errors import DataWarning
 
 MAX_PER_KIND = 5  # files listed per kind of problem; the rest are counted
 SMALL_PHOTO_TOLERANCE = 0.10  # share of sampled photos that may be smaller than the crop (warning only)
@@ -362,5 +363,5 @@ def preflight(cfg: Config, splits: list[str] | None = None) -> list[CheckReport]
                            + "\n(run `usis data check` for the full report)")
     for r in reports:
         for w in r.warnings:
-            warnings.warn(f"[{r.split}] {w}", stacklevel=2)
+            warnings.warn(f"[{r.split}] {w}", DataWarning, stacklevel=2)
     return reports

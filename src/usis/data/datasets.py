@@ -48,17 +48,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+import usis.data.synthetic as synthetic
 from usis.config import Config, ConfigError
 from usis.data.palette import Color, class_info, load_class_file
-
-
-class DatasetError(ValueError):
-    """A problem with the user's data; the message names the file(s) and says how to fix it."""
-
-
-class CorruptImageError(DatasetError):
-    """An image file that cannot be decoded (missing, truncated, not an image)."""
-
+from usis.errors import CorruptImageError, DatasetError, DataWarning
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LABEL_EXTS = (".png", ".bmp", ".tif", ".tiff")  # lossless only: JPEG would change ids at region borders
@@ -246,7 +239,7 @@ class _FileDataset(Dataset):
                 if self.paths[j] not in self._warned:
                     self._warned.add(self.paths[j])
                     cause = str(e).split("; ")[0]
-                    warnings.warn(f"skipping unreadable {self.what} (data.skip_corrupt=true): {cause}", stacklevel=2)
+                    warnings.warn(f"skipping unreadable {self.what} (data.skip_corrupt=true): {cause}", DataWarning, stacklevel=2)
         raise DatasetError(f"none of the {n} {self.what}s could be read (first: {self.paths[0]}); {_CORRUPT_FIX}")
 
 
@@ -604,8 +597,6 @@ def build_datasets(cfg: Config, split: str = "train") -> DataBundle:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: use 'train' or 'val'")
     if d.kind == "synthetic":
-        from usis.data import synthetic
-
         n = d.synthetic_train if split == "train" else d.synthetic_val
         kw = dict(n=n, height=d.height, width=d.width, seed=d.synthetic_seed, split=split)
         labels, photos = synthetic.SyntheticLabels(**kw), synthetic.SyntheticPhotos(**kw)
@@ -619,7 +610,7 @@ def build_datasets(cfg: Config, split: str = "train") -> DataBundle:
     if layout.problems:
         raise DatasetError(_join_problems(f"{d.kind} dataset ({split})", layout.problems))
     for w in layout.warnings:
-        warnings.warn(w, stacklevel=2)
+        warnings.warn(w, DataWarning, stacklevel=2)
     geo = geometry_for(cfg, split)
     labels = LabelDataset(layout.label_paths, layout.num_classes, geo, kind=d.kind, coco_shift=layout.coco_shift,
                           skip_corrupt=d.skip_corrupt)

@@ -18,8 +18,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from usis.config import ConfigError
 
 Color = tuple[int, int, int]
@@ -195,14 +193,3 @@ def load_class_file(path: str | Path) -> tuple[list[str], list[Color]]:
                 raise ConfigError(f"{where}: expected 'name,r,g,b', got {','.join(row)!r}")
     generated = make_palette(len(names), dontcare=None)
     return names, [c if c is not None else generated[i] for i, c in enumerate(colors)]
-
-
-def colorize(label, palette: list[Color]) -> np.ndarray:
-    """Colour an ``H x W`` (or ``N x H x W``) label map of class ids -> uint8 ``... x 3`` RGB array.
-
-    Accepts numpy arrays or torch tensors; ids outside the palette are drawn white.
-    """
-    arr = label.detach().cpu().numpy() if hasattr(label, "detach") else np.asarray(label)
-    table = np.array(list(palette) + [(255, 255, 255)], dtype=np.uint8)
-    idx = np.where((arr >= 0) & (arr < len(palette)), arr, len(palette)).astype(np.int64)
-    return table[idx]

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from usis.config import ConfigError
 from usis.data.datasets import DataBundle, DatasetError
+from usis.errors import DataWarning
 
 LABELS, PHOTOS = 0, 1  # stream ids (mixed into the seeds)
 _STATE_VERSION = 1
@@ -106,7 +108,6 @@ class _DropSeed(Dataset):
 def _dist_info(distributed: bool) -> tuple[int, int]:
     if not distributed:
         return 0, 1
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         raise ConfigError("distributed=True but torch.distributed is not initialised: launch with torchrun "
@@ -178,7 +179,7 @@ class _Stream:
         if saved != (s.num_items, s.batch_size, s.world_size):
             warnings.warn(f"{self.name} stream: the checkpoint was saved with {saved[0]} items, batch size "
                           f"{saved[1]} and {saved[2]} ranks, now {s.num_items}, {s.batch_size}, {s.world_size}: "
-                          f"continuing from the start of the next epoch (not batch-exact)", stacklevel=3)
+                          f"continuing from the start of the next epoch (not batch-exact)", DataWarning, stacklevel=3)
             self.epoch, self.position = self.epoch + 1, 0
 
 

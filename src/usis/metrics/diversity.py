@@ -45,7 +45,9 @@ def msssim_betas(height: int, width: int) -> tuple[float, ...]:
 
 def msssim(a: Tensor, b: Tensor) -> Tensor:
     """Per-pair MS-SSIM (N,) of images in [-1, 1] (N x C x H x W), scales chosen by :func:`msssim_betas`."""
-    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,  # lazy: torchmetrics is slow to import
+    )
 
     betas = msssim_betas(a.shape[-2], a.shape[-1])
     return multiscale_structural_similarity_index_measure(

@@ -26,13 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from usis.errors import MetricsError, UsisWarning
+from usis.utils.io import atomic_write, default_cache_dir, torch_save_atomic
 
 PYTORCH_FID_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -44,16 +47,8 @@ INCEPTION_FILENAMES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inceptio
 _CACHE_VERSION = 1
 
 
-class MetricsError(RuntimeError):
-    """A user-fixable evaluation problem (missing or corrupt weights, bad mapping file, ...)."""
-
 
 # ------------------------------------------------------------------------------------------ paths
-
-
-def default_cache_dir() -> str:
-    """``$USIS_CACHE`` if set, else ``~/.cache/usis``."""
-    return os.environ.get("USIS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "usis")
 
 
 def _hub_checkpoint_dir() -> Path:
@@ -68,11 +63,29 @@ def _find_in_hub_cache() -> Path | None:
     return None
 
 
-def _download_inception() -> Path:
-    """Download the pytorch-fid weights into the torch hub cache (raises on any network failure)."""
+DOWNLOAD_TIMEOUT_S = 30.0  # per connection attempt and per read: a hanging proxy must not stall training
+
+
+def _download_inception(timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download the pytorch-fid weights into the torch hub cache (raises on any network failure).
+
+    ``timeout`` bounds the connection and every read (an offline cluster whose connections hang gives up
+    after it instead of waiting forever); the file's SHA-256 must start with the 8 hex digits in its name
+    (6726825d), as torch hub checks; it is written atomically, so a broken download leaves nothing.
+    """
     dest = _hub_checkpoint_dir() / INCEPTION_FILENAMES[0]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(PYTORCH_FID_URL, str(dest), progress=False)  # writes tmp + move
+    expected = dest.name.rsplit("-", 1)[-1].split(".")[0]
+    digest = hashlib.sha256()
+
+    def copy(f) -> None:
+        with urllib.request.urlopen(PYTORCH_FID_URL, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if not digest.hexdigest().startswith(expected):
+            raise OSError(f"downloaded file's SHA-256 {digest.hexdigest()[:8]}... does not start with {expected}")
+
+    atomic_write(dest, copy)
     return dest
 
 
@@ -147,7 +160,7 @@ def build_inception(weights_path: str | None = None, antialias: bool = False) ->
     (``$TORCH_HOME/hub/checkpoints``, either file name) or download it there; without network this
     raises :class:`MetricsError` saying where to get the file.
     """
-    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.image.fid import NoTrainInceptionV3  # lazy: torchmetrics is slow to import
 
     if weights_path:
         path = Path(weights_path).expanduser()
@@ -231,8 +244,8 @@ class FIDKID:
             if dim != self.num_features:
                 raise ValueError(f"feature size changed from {self.num_features} to {dim}")
             return
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
+        from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: torchmetrics is slow to import
+        from torchmetrics.image.kid import KernelInceptionDistance  # lazy: as above
 
         self.num_features = dim
         # sync_on_compute=False: the caller feeds every image here; inside a data-parallel training run only
@@ -329,18 +342,8 @@ def stats_path(cache_dir: str | os.PathLike | None, key: str) -> Path:
 
 def save_real_stats(path: str | os.PathLike, state: dict[str, Tensor], key: str = "") -> None:
     """Write a real-statistics file atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": _CACHE_VERSION, "key": key, **{k: v.cpu() for k, v in state.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    torch_save_atomic(payload, path, fsync=False)
 
 
 def load_real_stats(path: str | os.PathLike, need_features: bool = False) -> dict[str, Tensor] | None:
@@ -351,7 +354,7 @@ def load_real_stats(path: str | os.PathLike, need_features: bool = False) -> dic
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        warnings.warn(f"ignoring unreadable FID statistics cache {path} ({e}); recomputing", stacklevel=2)
+        warnings.warn(f"ignoring unreadable FID statistics cache {path} ({e}); recomputing", UsisWarning, stacklevel=2)
         return None
     if not isinstance(payload, dict) or payload.get("version") != _CACHE_VERSION:
         return None

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from usis.metrics.protocol import METRICS
+from usis.utils.io import atomic_write
 
 #: Table 5 of the paper (unsupervised methods; OASIS is the supervised reference). ``msssim`` for USIS
 #: on Cityscapes is from Table 3. GTA-V -> Cityscapes and the synthetic preset have no paper numbers.
@@ -37,16 +39,12 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
 PAPER_METHODS = ("USIS", "CUT", "CycleGAN", "OASIS")
 _ALIASES = {"coco-stuff": "coco", "cocostuff": "coco", "coco_stuff": "coco", "ade": "ade20k"}
 
-# metric key -> (label, direction)
+# metric key -> (label, direction), from the one registry
 METRIC_LABELS: dict[str, tuple[str, str]] = {
-    "fid": ("FID", "lower is better"),
-    "kid_mean": ("KID", "lower is better"),
-    "kid_std": ("KID std", ""),
-    "miou": ("mIoU %", "higher is better"),
-    "pixel_accuracy": ("pixel accuracy %", "higher is better"),
-    "msssim": ("MS-SSIM", "lower = more diverse"),
-    "sfid": ("synthetic FID", "lower is better"),
+    k: (label, {True: "higher is better", False: "lower is better", None: ""}[higher])
+    for k, (label, higher) in METRICS.items()
 }
+METRIC_LABELS["msssim"] = (METRICS["msssim"][0], "lower = more diverse")
 
 
 def paper_results(dataset: str) -> dict[str, dict[str, float]]:
@@ -77,19 +75,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def render_markdown(dataset: str, results: dict[str, Any], per_class: list[tuple[str, float]] | None,
@@ -140,6 +125,6 @@ def write_report(out_dir: str | os.PathLike, dataset: str, results: dict[str, An
         "meta": meta,
     }
     json_path, md_path = out / "report.json", out / "report.md"
-    _write_atomic(json_path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
-    _write_atomic(md_path, render_markdown(dataset, results, per_class, meta))
+    atomic_write(json_path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
+    atomic_write(md_path, render_markdown(dataset, results, per_class, meta))
     return json_path, md_path

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from usis.metrics.drn import DRN_CITYSCAPES_MEAN, DRN_CITYSCAPES_STD, load_drn_d_105
 from usis.metrics.fid import MetricsError
 from usis.metrics.miou import (
     CITYSCAPES_ID_TO_TRAINID,
@@ -104,8 +105,6 @@ class DRNSegmenter(Segmenter):
         super().__init__("drn-d-105", model, 19, CITYSCAPES_TRAIN_NAMES, label_table(CITYSCAPES_ID_TO_TRAINID))
 
     def logits(self, images: Tensor) -> Tensor:
-        from usis.metrics.drn import DRN_CITYSCAPES_MEAN, DRN_CITYSCAPES_STD
-
         mean = torch.tensor(DRN_CITYSCAPES_MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(DRN_CITYSCAPES_STD, device=images.device).view(1, 3, 1, 1)
         return self.model(((images.clamp(-1, 1) + 1) / 2 - mean) / std)
@@ -225,12 +224,11 @@ def build_segmenter(kind: str, path: str, dataset: str, mapping: str | None = No
         if dataset not in CITYSCAPES_LIKE:
             raise MetricsError(f"DRN-D-105 segments Cityscapes classes; for dataset {dataset!r} use 'segformer' "
                                "or 'torchscript'")
-        from usis.metrics.drn import load_drn_d_105
 
         return DRNSegmenter(load_drn_d_105(path)).to(device)
     if kind == "segformer":
         try:
-            from transformers import SegformerForSemanticSegmentation
+            from transformers import SegformerForSemanticSegmentation  # lazy: an optional dependency
         except ImportError as e:
             raise MetricsError("the SegFormer segmenter needs Hugging Face transformers: "
                                "pip install usis[segformer]") from e

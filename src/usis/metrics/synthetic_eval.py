@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from usis.data.synthetic import (
     CLASS_NAMES,
@@ -47,7 +47,9 @@ from usis.data.synthetic import (
     SyntheticPaired,
     check_size,
 )
+from usis.errors import UsisWarning
 from usis.metrics.miou import ConfusionMatrix
+from usis.utils.io import atomic_write, default_cache_dir
 
 # Bump when the network or its training recipe changes: it keys the weights cache.
 ARCH_VERSION = 3
@@ -163,11 +165,6 @@ class PooledFeatures(nn.Module):
         return super().train(False)
 
 
-def default_cache_dir() -> Path:
-    """``$USIS_CACHE`` if set, else ``~/.cache/usis``."""
-    return Path(os.environ.get("USIS_CACHE") or Path.home() / ".cache" / "usis")
-
-
 def cache_key(height: int, width: int) -> str:
     text = f"synthetic-eval|{height}x{width}|data{DATA_VERSION}|arch{ARCH_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -177,19 +174,6 @@ def cache_path(height: int, width: int, cache_dir: str | os.PathLike | None = No
     """Where the evaluator weights for this image size live."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / f"synthetic_eval_{cache_key(height, width)}.pt"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _class_weights(labels: Tensor) -> Tensor:
@@ -234,8 +218,6 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=TRAIN_STEPS, desc=f"training synthetic evaluator {height}x{width}", unit="step")
     for _ in range(TRAIN_STEPS):
         idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
@@ -349,12 +331,12 @@ class SyntheticEvaluator:
                 record = torch.load(path, map_location="cpu", weights_only=True)
                 net = _net_for(record)
             except Exception as e:  # corrupt or stale file: retrain and overwrite
-                warnings.warn(f"ignoring unreadable synthetic evaluator cache {path} ({e}); retraining", stacklevel=2)
+                warnings.warn(f"ignoring unreadable synthetic evaluator cache {path} ({e}); retraining", UsisWarning, stacklevel=2)
                 record = None
         if record is None:
             record = train_evaluator(height, width, progress=progress)
             try:
-                _atomic_write(path, lambda tmp: torch.save(record, tmp))
+                atomic_write(path, lambda f: torch.save(record, f))
                 path.with_suffix(".ceiling.json").unlink(missing_ok=True)  # ceilings of older weights
             except OSError as e:
                 warnings.warn(
@@ -433,7 +415,7 @@ class SyntheticEvaluator:
         _check_images(real_images, self.height, self.width, "real images")
         if len(fake_images) < 2 or len(real_images) < 2:
             raise ValueError("sFID needs at least 2 fake and 2 real images")
-        from torchmetrics.image.fid import FrechetInceptionDistance  # slow import: only when needed
+        from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: torchmetrics is slow to import
 
         # no cross-process sync: in a data-parallel training run rank 0 evaluates alone (see metrics/fid.py)
         metric = FrechetInceptionDistance(feature=self.feature_extractor(), normalize=True,
@@ -456,9 +438,9 @@ class SyntheticEvaluator:
             if self.path is not None:
                 text = json.dumps({str(k): v for k, v in sorted(self._ceiling.items())})
                 try:
-                    _atomic_write(self._ceiling_file(), lambda tmp: Path(tmp).write_text(text))
+                    atomic_write(self._ceiling_file(), text)
                 except OSError as e:  # read-only cache: keep the value in memory only
-                    warnings.warn(f"could not store the evaluator ceiling next to {self.path}: {e}", stacklevel=2)
+                    warnings.warn(f"could not store the evaluator ceiling next to {self.path}: {e}", UsisWarning, stacklevel=2)
         return self._ceiling[n]
 
     def evaluate(self, fake_images: Tensor, labels: Tensor, real_images: Tensor) -> dict[str, float]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usis.nn.layers import ConvLayer, EqualLinear, blur_downsample, maybe_sn, minibatch_stddev
+from usis.nn.pretrained import Pretrained
 from usis.nn.wavelets import dwt, iwt, wavelet_upsample
 
 
@@ -34,7 +35,7 @@ def swagan_channels(res: int, ch: int = 64, max_ch: int = 512) -> int:
     return int(min(max_ch, ch * 512 // res))
 
 
-def _num_blocks(height: int, width: int) -> int:
+def num_down_blocks(height: int, width: int) -> int:
     """Downsampling blocks: down to 4 px on the long side (SWAGAN: log2(size) - 3), limited by divisibility."""
     n = int(round(math.log2(max(height, width)))) - 3
     while n > 0 and (height % 2 ** (n + 1) or width % 2 ** (n + 1)):
@@ -85,14 +86,16 @@ class _Head(nn.Module):
         return self.fc2(self.fc1(x.flatten(1))).squeeze(1)
 
 
-class WaveletDiscriminator(nn.Module):
+class WaveletDiscriminator(Pretrained):
     """SWAGAN discriminator for an ``height x width`` RGB image; one logit per image."""
+
+    weights_name = "discriminator.safetensors"
 
     def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512):
         super().__init__()
         self.size = (height, width)
         size = 2 ** int(round(math.log2(max(height, width))))
-        n = _num_blocks(height, width)
+        n = num_down_blocks(height, width)
         res = [size // 2 ** (k + 1) for k in range(n)]  # wavelet-domain resolution at block k
         cins = [swagan_channels(size, ch, max_ch)] + [swagan_channels(r, ch, max_ch) for r in res[1:]]
         couts = [swagan_channels(r // 2, ch, max_ch) for r in res]
@@ -131,14 +134,16 @@ class ResDownBlock(nn.Module):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)
 
 
-class WholeDiscriminator(nn.Module):
+class WholeDiscriminator(Pretrained):
     """Whole-image StyleGAN2 residual discriminator without wavelets (Table 1: "whole D")."""
+
+    weights_name = "discriminator.safetensors"
 
     def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512):
         super().__init__()
         self.size = (height, width)
         size = 2 ** int(round(math.log2(max(height, width))))
-        n = _num_blocks(height, width) + 1  # pixel space: one more block to reach the same 4 px
+        n = num_down_blocks(height, width) + 1  # pixel space: one more block to reach the same 4 px
         res = [size // 2**k for k in range(n)]
         cins = [swagan_channels(r, ch, max_ch) for r in res]
         couts = [swagan_channels(r // 2, ch, max_ch) for r in res]
@@ -160,8 +165,10 @@ class WholeDiscriminator(nn.Module):
         return (logits, feats) if return_features else logits
 
 
-class PatchDiscriminator(nn.Module):
+class PatchDiscriminator(Pretrained):
     """PatchGAN (pix2pix 70x70 layout, spectral norm instead of batch norm): logits ``N x 1 x H/8 x W/8``."""
+
+    weights_name = "discriminator.safetensors"
 
     def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512, n_layers: int = 3):
         super().__init__()
@@ -204,7 +211,7 @@ class _WUBlock(nn.Module):
         return F.relu(self.norm(self.conv(x)))
 
 
-class Decoder(nn.Module):
+class Decoder(Pretrained):
     """Reconstruct an RGB image (``N x 3 x H x W`` in [-1, 1]) from discriminator features.
 
     Args:
@@ -212,6 +219,8 @@ class Decoder(nn.Module):
         feature_strides: their downsampling factors relative to the image, finest first.
         max_ch: widest decoder layer.
     """
+
+    weights_name = "decoder.safetensors"
 
     def __init__(self, feature_channels: list[int], feature_strides: list[int], max_ch: int = 256):
         super().__init__()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usis.nn.layers import SPADE, maybe_sn
+from usis.nn.pretrained import Pretrained
 
 WIDTHS = (16, 16, 16, 8, 4, 2, 1)
 
@@ -43,7 +44,7 @@ class SPADEResBlock(nn.Module):
         return shortcut + dx
 
 
-class Generator(nn.Module):
+class Generator(Pretrained):
     """Label map (+ noise) -> RGB image in [-1, 1].
 
     Args:
@@ -59,6 +60,10 @@ class Generator(nn.Module):
             grain can only be imitated by deterministic (often lattice-like) patterns; a few noise
             channels give the generator a source for it.
     """
+
+    weights_name = "generator.safetensors"
+    SIZE_MULTIPLE = 32  # the latent grid is the output size / 32
+    format_name = "usis-generator"
 
     def __init__(self, num_classes: int, ch: int = 64, z_dim: int = 64, norm: str = "batch",
                  spectral_norm: bool = True, noise_3d: bool = True, spade_hidden: int = 128,
@@ -76,6 +81,7 @@ class Generator(nn.Module):
         )
         self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
         self.downscale = 2 ** (len(self.body) - 1)  # 32: latent size = output size / 32
+        assert self.downscale == self.SIZE_MULTIPLE
 
     def sample_pixel_noise(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
                            device: torch.device | str | None = None) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usis.nn.layers import maybe_sn
+from usis.nn.pretrained import Pretrained
 
 
 class ResBlockUD(nn.Module):
@@ -48,7 +49,7 @@ class ResBlockUD(nn.Module):
         return s + h
 
 
-class Segmenter(nn.Module):
+class Segmenter(Pretrained):
     """U-Net: ``N x 3 x H x W`` image -> ``N x C x H x W`` class logits (H, W multiples of 64).
 
     Widths ``[3, 2ch, 2ch, 4ch, 4ch, 8ch, 8ch]`` (ch=64: ``[3, 128, 128, 256, 256, 512, 512]``).
@@ -56,6 +57,9 @@ class Segmenter(nn.Module):
     ``c + 1``): never a target, but part of the softmax of the segmentation loss (the reference's "N+1"
     loss, :func:`usis.losses.class_balanced_ce` with ``extra_channel=True``).
     """
+
+    weights_name = "segmenter.safetensors"
+    SIZE_MULTIPLE = 64  # six 2x down-sampling levels: image height and width must be multiples of 2**6
 
     def __init__(self, num_classes: int, ch: int = 64, spectral_norm: bool = True, extra_channel: bool = False):
         super().__init__()
@@ -72,6 +76,7 @@ class Segmenter(nn.Module):
         self.up = nn.ModuleList(ups)
         self.head = nn.Conv2d(ch, num_classes + int(extra_channel), 1)
         self.divisor = 2**n
+        assert self.divisor == self.SIZE_MULTIPLE
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]

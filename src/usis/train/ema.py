@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
 from torch import nn
-
-
-def make_ema(model: nn.Module) -> nn.Module:
-    ema = copy.deepcopy(model).eval()
-    ema.requires_grad_(False)
-    return ema
 
 
 @torch.no_grad()

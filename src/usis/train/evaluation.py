@@ -7,13 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 from usis.config import Config
+from usis.data.synthetic import stack
+from usis.errors import PeriodicEvaluationWarning
+from usis.metrics.fid import MetricsError, build_inception, compute_fid
+from usis.metrics.protocol import label_batches, parse_metrics, photo_batches, real_key
+from usis.metrics.synthetic_eval import SyntheticEvaluator
+
+EVAL_SEED = 1234  # image i of a periodic evaluation has noise seed EVAL_SEED + i
 
 
 def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]]:
     """mIoU / ceiling / sFID with the synthetic preset's own segmentation network."""
-    from usis.data.synthetic import stack
-    from usis.metrics.synthetic_eval import SyntheticEvaluator
-
     n = min(cfg.eval.num_images or len(val.labels), len(val.labels), len(val.photos))
     labels = stack(val.labels, "label", n)
     real = stack(val.photos, "image", n)
@@ -24,14 +28,11 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
             state["ev"] = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width,
                                                            cache_dir=cfg.eval.cache_dir or None,
                                                            device=str(trainer.device))
-        fake = trainer.generate(labels, seed=1234, batch_size=cfg.eval.batch_size)
+        fake = trainer.generate(labels, range(EVAL_SEED, EVAL_SEED + len(labels)), batch_size=cfg.eval.batch_size)
         return {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
 
     return evaluate
 
-
-class PeriodicEvaluationWarning(UserWarning):
-    """Periodic evaluation is switched off or skipped; training goes on."""
 
 
 def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | None:
@@ -42,9 +43,6 @@ def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | 
     ``eval.fid_weights`` wrong), a :class:`PeriodicEvaluationWarning` says how to fix it and ``None`` is
     returned (training runs without periodic FID instead of crashing at its first evaluation).
     """
-    from usis.evaluate import label_batches, parse_metrics, photo_batches, real_key
-    from usis.metrics.fid import MetricsError, build_inception, compute_fid
-
     requested = parse_metrics(cfg.eval.metrics, cfg.data.kind)
     wanted = [m for m in requested if m in ("fid", "kid")]
     others = [m for m in requested if m not in wanted]
@@ -76,7 +74,7 @@ def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | 
 
         def fakes():
             for b, labels in enumerate(label_batches(val.labels, n, bs, workers)):
-                yield trainer.generate(labels, seed=1234 + b, batch_size=bs)
+                yield trainer.generate(labels, range(EVAL_SEED + b * bs, EVAL_SEED + b * bs + len(labels)), batch_size=bs)
 
         try:
             res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, workers), key,

@@ -24,14 +24,27 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from usis.checkpoint import (
+    CHECKPOINT_VERSION,
+    checkpoint_path,
+    load_checkpoint,
+    remove_stale_temp,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from usis.config import Config, ConfigError
+from usis.data import build_datasets
+from usis.data.unpaired import make_loaders
+from usis.errors import TrainingDiverged
 from usis.losses import (
     class_balanced_ce,
     d_logistic_loss,
@@ -39,75 +52,19 @@ from usis.losses import (
     l1_reconstruction,
     r1_penalty,
 )
-from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
-from usis.nn.layers import converge_spectral_norm, init_reference_
-from usis.train.checkpoint import (
-    load_checkpoint,
-    remove_stale_temp,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-)
+from usis.metrics.protocol import is_better
+from usis.nn import one_hot_labels
+from usis.nn.build import build_networks
+from usis.nn.noise import seeded_noise
 from usis.train.distributed import Dist, cpu_cores
-from usis.train.ema import make_ema, refresh_batchnorm, update_ema
-
-CHECKPOINT_VERSION = 1
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or the weights became NaN or inf; nothing non-finite has been written to disk."""
-
-
-@dataclass
-class Networks:
-    G: Generator
-    G_ema: Generator
-    S: Segmenter
-    D: nn.Module
-    decoder: Decoder | None
-
-    def named(self) -> dict[str, nn.Module]:
-        nets = {"G": self.G, "G_ema": self.G_ema, "S": self.S, "D": self.D}
-        if self.decoder is not None:
-            nets["decoder"] = self.decoder
-        return nets
-
-
-def build_generator(cfg: Config) -> Generator:
-    m = cfg.model
-    return Generator(m.num_classes, ch=m.g_ch, z_dim=m.z_dim, norm=m.g_norm, spectral_norm=m.spectral_norm,
-                     noise_3d=m.noise_3d, spade_hidden=m.spade_hidden, pixel_noise=m.pixel_noise)
-
-
-def build_networks(cfg: Config) -> Networks:
-    """All networks of a run, sized from the config (the class count comes from the data)."""
-    m, d = cfg.model, cfg.data
-    G = build_generator(cfg)
-    S = Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel)
-    if m.init == "reference":  # the reference's Xavier-normal (gain 0.02) for G and S, before D is drawn
-        init_reference_(G)
-        init_reference_(S)
-    D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch)
-    dec = Decoder(D.feature_channels, D.feature_strides, max_ch=m.dec_ch) if m.decoder else None
-    for net in (G, S, D):
-        converge_spectral_norm(net)
-    return Networks(G=G, G_ema=make_ema(G), S=S, D=D, decoder=dec)
+from usis.train.ema import refresh_batchnorm, update_ema
+from usis.train.evaluation import make_evaluator
+from usis.utils.device import resolve_device
+from usis.utils.images import colorize_tensor, save_grid
 
 
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU. ``local_rank``: a data-parallel process's own GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu")
-    if dev.type == "cuda" and local_rank is not None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def _item(dataset, i: int) -> dict[str, Any]:
@@ -157,8 +114,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: str | Path, data=None, evaluator=None, progress: bool = True,
                  dist: Dist | None = None):
-        from usis.data.unpaired import make_loaders
-
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist = dist if dist is not None else Dist()
@@ -167,7 +122,8 @@ class Trainer:
                               f"over train.nproc={self.world_size} processes")
         self.local_batch = cfg.train.batch_size // self.world_size
         self.progress = progress
-        self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None,
+                                     setting="train.device")
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         elif self.dist.enabled and self.device.type == "cpu":  # processes on one CPU share its cores
@@ -175,8 +131,6 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + self.rank)  # per-rank noise; the weights come from rank 0
 
         if data is None:
-            from usis.data import build_datasets
-
             data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
         self.train_data, self.val_data = data
         self.dontcare = self.train_data.dontcare
@@ -222,7 +176,7 @@ class Trainer:
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
         self._eval_cache: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last evaluation
         if self.is_main:  # a save killed mid-write (kill -9) leaves its temporary file behind
-            removed = remove_stale_temp(self.out / "checkpoints")
+            removed = remove_stale_temp(checkpoint_path(self.out).parent)
             if removed:
                 print(f"usis: removed {len(removed)} stale temporary checkpoint file(s) of an interrupted save: "
                       f"{', '.join(p.name for p in removed)}", file=sys.stderr)
@@ -441,7 +395,7 @@ class Trainer:
         """Write the whole state; the EMA generator is saved with freshly computed BN statistics, so a
         checkpoint is ready for ``usis generate`` / ``export`` as it is. Every rank calls it (a data-parallel
         run also stores each rank's RNG state, so that ``--resume`` continues exactly); rank 0 writes."""
-        path = self.out / "checkpoints" / f"{name}.pt"
+        path = checkpoint_path(self.out, name)
         if self.dist.any(not self._weights_finite())[0]:
             raise TrainingDiverged(f"training diverged by step {self.step}: the weights hold NaN or inf values; "
                                    f"{name}.pt was not written")
@@ -466,7 +420,7 @@ class Trainer:
         return True
 
     def resume(self, path: str | Path | None = None) -> None:
-        path = Path(path) if path is not None else self.out / "checkpoints" / "latest.pt"
+        path = Path(path) if path is not None else checkpoint_path(self.out)
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
 
     # ------------------------------------------------------------------------------------ sampling
@@ -480,13 +434,12 @@ class Trainer:
             self._fixed = (labels, photos)
         return self._fixed
 
-    def _noise(self, n: int, seed: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The noise vectors (and per-pixel noise, if the generator has any) of ``n`` images from ``seed``;
-        its own RNG, so sampling never shifts the training noise."""
-        g = torch.Generator().manual_seed(seed)
+    def _noise(self, seeds: Sequence[int], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The noise of images with these seeds (:mod:`usis.nn.noise`, as ``usis generate`` draws it), on this
+        run's device; its own RNGs, so sampling never shifts the training noise."""
         G = self.nets.G
-        z = torch.randn(n, max(G.z_dim, 1), generator=g)[:, : G.z_dim].to(self.device)
-        return z, G.sample_pixel_noise(n, height, width, generator=g, device=self.device)
+        z, pn = seeded_noise(seeds, G.z_dim, G.pixel_noise, height, width)
+        return z.to(self.device), None if pn is None else pn.to(self.device)
 
     @torch.no_grad()
     def refresh_ema_bn(self) -> None:
@@ -503,21 +456,25 @@ class Trainer:
         for b in range(n):
             idx = [(b * bs + i) % len(ds) for i in range(bs)]
             labels = torch.stack([_item(ds, i)["label"] for i in idx]).to(self.device)
-            z, noise = self._noise(bs, 10_000 + b, *labels.shape[-2:])
+            z, noise = self._noise(range(10_000 + b * bs, 10_000 + (b + 1) * bs), *labels.shape[-2:])
             batches.append((one_hot_labels(labels, self.num_classes), z, noise))
         refresh_batchnorm(self.nets.G_ema, batches)
         self._ema_bn_step = self.step
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, seed: int, batch_size: int = 16) -> torch.Tensor:
-        """EMA generator images for ``labels`` (N x H x W) with noise from ``seed``; returned on the CPU."""
+    def generate(self, labels: torch.Tensor, seeds: int | Sequence[int], batch_size: int = 16) -> torch.Tensor:
+        """EMA generator images for ``labels`` (N x H x W), image i with noise seed ``seeds[i]`` (an int: the
+        same seed for every image), as ``usis generate`` would make them; returned on the CPU."""
         G = self.nets.G_ema.eval()
-        z, noise = self._noise(len(labels), seed, *labels.shape[-2:])
+        seeds = [int(seeds)] * len(labels) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(labels):
+            raise ValueError(f"{len(seeds)} seeds for {len(labels)} label maps")
         outs = []
         for i in range(0, len(labels), batch_size):
-            m = one_hot_labels(labels[i:i + batch_size].to(self.device), self.num_classes)
-            pn = None if noise is None else noise[i:i + batch_size]
-            outs.append(G(m, z[i:i + batch_size], pn).float().cpu())
+            lab = labels[i:i + batch_size]
+            z, pn = self._noise(seeds[i:i + batch_size], *lab.shape[-2:])
+            m = one_hot_labels(lab.to(self.device), self.num_classes)
+            outs.append(G(m, z if G.z_dim else None, pn).float().cpu())
         return torch.cat(outs)
 
     @torch.no_grad()
@@ -525,10 +482,8 @@ class Trainer:
         """``samples/step_XXXXXXX.png``: label | EMA samples for 3 noise seeds | real photos (one row per map)."""
         if not self.is_main:
             return None
-        from usis.train.monitor import colorize, save_grid
-
         labels, photos = self._fixed_batch()
-        cols = [colorize(labels, self.train_data.palette)]
+        cols = [colorize_tensor(labels, self.train_data.palette)]
         with self._all_cores():
             self.refresh_ema_bn()
             cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
@@ -545,7 +500,9 @@ class Trainer:
     def writer(self):
         if self._writer is None and self.is_main:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import (
+                    SummaryWriter,  # lazy: slow to import, optional at run time
+                )
             except ImportError:  # tensorboard is a dependency, but logging must never kill training
                 self._writer = False
             else:
@@ -581,9 +538,7 @@ class Trainer:
                         self.writer.add_scalar(f"eval/{k}", v, self.step)
             key = self.cfg.eval.best_metric
             if key in metrics:
-                higher = key in ("miou",)
-                old = self.best.get(key)
-                if old is None or (metrics[key] > old if higher else metrics[key] < old):
+                if is_better(key, metrics[key], self.best.get(key)):
                     self.best = {key: metrics[key], "step": self.step}
                     improved = True
         metrics, improved, self.best = self.dist.broadcast_object((metrics, improved, self.best))
@@ -634,8 +589,6 @@ class Trainer:
         return summary
 
     def _fit(self, total: int, eval_at_start: bool, deadline: float | None, summary: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
         t = self.cfg.train
         if eval_at_start and self.step == 0:
             summary["initial_metrics"] = self.run_evaluation()
@@ -708,9 +661,6 @@ def train_process(dist: Dist | None, cfg: Config, out_dir: str | Path, resume: s
     ``usis train`` calls it directly, or in every worker of a data-parallel run
     (:func:`usis.train.distributed.launch`); returns :meth:`Trainer.fit`'s summary.
     """
-    from usis.data import build_datasets
-    from usis.train.evaluation import make_evaluator
-
     dist = dist if dist is not None else Dist()
     data = (build_datasets(cfg, "train"), build_datasets(cfg, "val"))
     evaluator = make_evaluator(cfg, data[1]) if cfg.train.eval_every >= 0 and dist.is_main else None

@@ -1,0 +1,101 @@
+"""One file per snapshot holding the whole training state, written atomically.
+
+Everything in it is plain data (tensors, numbers, strings, lists, dicts), so it loads with
+``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from usis.errors import CheckpointError
+from usis.utils.io import atomic_write
+
+TEMP_PATTERN = "*.pt.*.tmp"  # what save_atomic writes before the rename (mkstemp: NAME.pt.XXXXXXXX.tmp)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a torn file).
+
+    ``previous``: keep the file that ``path`` held until now under this name (a hard link, else a copy,
+    renamed into place), so a good checkpoint survives the next save; ``path`` exists at every moment.
+    """
+    path = Path(path)
+
+    def rotate() -> None:
+        if previous is None or not path.exists():
+            return
+        keep = Path(previous).with_name(f"{Path(previous).name}.{os.getpid()}.tmp")
+        try:
+            os.link(path, keep)
+        except OSError:  # no hard links on this file system
+            shutil.copyfile(path, keep)
+        os.replace(keep, previous)
+
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True, before_replace=rotate)
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a save killed mid-write (``kill -9``, power loss) left in
+    ``folder``; at the paper's size each is about 2 GB. Call it only when no save is under way there."""
+    folder = Path(folder)
+    removed = sorted(folder.glob(TEMP_PATTERN)) if folder.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+CHECKPOINT_VERSION = 1  # of the checkpoint's layout; a file from a newer usis is refused with a clear message
+
+
+def checkpoint_path(run_dir: str | os.PathLike, name: str = "latest") -> Path:
+    """``RUN/checkpoints/<name>.pt`` (``latest``, ``previous``, ``best``)."""
+    return Path(run_dir) / "checkpoints" / f"{name}.pt"
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path | None:
+    """A checkpoint file as given, or the ``latest.pt`` of a run folder (``RUN/checkpoints/latest.pt``, or
+    ``latest.pt`` in the folder itself); ``None`` for a folder without one."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return path
+    for cand in (checkpoint_path(path), path / "latest.pt"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file (or a run folder's latest): plain data, ``weights_only``. A missing, unreadable
+    or newer-format file is a :class:`CheckpointError` naming it and the fix."""
+    found = find_checkpoint(path)
+    if found is None or not found.exists():
+        raise CheckpointError(f"checkpoint {found or Path(path) / 'checkpoints/latest.pt'} does not exist; pass the "
+                              ".pt file written by `usis train` (RUN/checkpoints/latest.pt or best.pt)")
+    try:
+        state = torch.load(found, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file for the user
+        raise CheckpointError(f"cannot read checkpoint {found}: {e}. Is it a complete usis checkpoint?") from e
+    version = state.get("version", 1) if isinstance(state, dict) else 1
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{found} was written by a newer usis (checkpoint format {version}; this version reads "
+                              f"up to {CHECKPOINT_VERSION}): upgrade usis (pip install -U usis) to use it")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

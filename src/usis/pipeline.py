@@ -1,0 +1,173 @@
+"""The Python API: label maps in, photorealistic images out.
+
+    from usis import USISPipeline
+
+    pipe = USISPipeline.from_pretrained("exported/")    # an export folder, a checkpoint, or a run folder
+    images = pipe(label_map, seeds=[0, 1, 2])            # -> three PIL images
+
+``label_map``: class ids as a PIL image (index ``P`` or grayscale ``L`` / ``I`` mode), a numpy array or a
+torch tensor (``H x W`` integers), or a list of them. A map of another size is resized to the model's
+(nearest neighbour). Ids must lie in ``[0, num_classes)`` of the label set the model was trained on
+(``pipe.class_names``); COCO-Stuff maps are read as ``usis generate`` reads them.
+
+Image ``k`` of a map has noise seed ``seeds[k]``: the same image as ``usis generate --seed S`` and as the
+column of seed S in a training sample grid (:mod:`usis.nn.noise`). ``local_style=True`` gives every
+class region its own style vector.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from usis.config import Config
+from usis.data.datasets import label_array, remap_coco
+from usis.errors import GenerateError
+from usis.generate import generate_images, label_set, load_generator, resize_nearest
+from usis.nn.generator import Generator
+from usis.utils.device import resolve_device
+from usis.utils.images import colorize, to_pil
+
+LabelMap = Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class USISPipeline:
+    """A trained generator with its label set, ready to turn label maps into images.
+
+    Build it with :meth:`from_pretrained`; move it with :meth:`to`; call it like a function.
+    """
+
+    generator: Generator
+    config: Config
+    class_names: list[str]
+    palette: list[tuple[int, int, int]]
+    step: int = 0
+    source: str = ""
+
+    # ---------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        dtype: torch.dtype = torch.float32) -> USISPipeline:
+        """Load from a folder written by ``usis export`` / :meth:`save_pretrained`, a training checkpoint
+        (``RUN/checkpoints/latest.pt`` or ``best.pt``: its EMA generator) or a run folder.
+
+        ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. ``dtype``: the generator's
+        floating-point type (``torch.float16`` / ``torch.bfloat16`` halve memory on a GPU).
+        """
+        gen = load_generator(path, "cpu")
+        names, palette = label_set(gen.cfg)
+        pipe = cls(generator=gen.G, config=gen.cfg, class_names=list(names), palette=[tuple(c) for c in palette],
+                   step=gen.step, source=gen.source)
+        return pipe.to(device, dtype)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the pipeline as ``usis export`` does (``generator.safetensors`` + ``config.json``)."""
+        return self.generator.save_pretrained(directory, metadata={"run": self.config.to_dict(), "step": self.step,
+                                                                   "source": self.source})
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> USISPipeline:
+        """Move the generator to ``device`` and/or cast it to ``dtype``; returns the pipeline."""
+        if device is not None:
+            self.generator.to(resolve_device(device, setting="device"))
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise GenerateError(f"dtype={dtype}: use a floating-point type (torch.float32, float16, bfloat16)")
+            self.generator.to(dtype)
+        self.generator.eval().requires_grad_(False)
+        return self
+
+    # ----------------------------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.generator.parameters()).dtype
+
+    @property
+    def num_classes(self) -> int:
+        return self.generator.num_classes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the images it makes (label maps are resized to this)."""
+        return self.config.data.height, self.config.data.width
+
+    # ----------------------------------------------------------------------------------- generation
+
+    def label_ids(self, label_map: LabelMap, name: str = "label_map") -> torch.Tensor:
+        """One label map as int64 ``H x W`` ids at the model's size, checked against the label set."""
+        if isinstance(label_map, Image.Image):
+            ids = label_array(label_map, name, self.config.data.kind)
+            if self.config.data.kind == "coco":
+                ids = remap_coco(ids)
+        elif isinstance(label_map, torch.Tensor):
+            ids = label_map.detach().cpu().numpy()
+        elif isinstance(label_map, np.ndarray):
+            ids = label_map
+        else:
+            raise GenerateError(f"{name}: expected a PIL image, numpy array or torch tensor of class ids, got "
+                                f"{type(label_map).__name__}")
+        if ids.ndim == 3 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.ndim != 2:
+            raise GenerateError(f"{name}: a label map is H x W class ids; got shape {tuple(ids.shape)}")
+        if ids.dtype.kind == "f":
+            if not np.all(np.isfinite(ids)) or not np.all(ids == np.round(ids)):
+                raise GenerateError(f"{name}: class ids must be integers")
+        elif ids.dtype.kind not in "iub":
+            raise GenerateError(f"{name}: class ids must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        k = self.num_classes
+        if ids.size and (ids.min() < 0 or ids.max() >= k):
+            bad = np.unique(ids[(ids < 0) | (ids >= k)])
+            shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            raise GenerateError(f"{name}: label ids {{{shown}}} are outside [0, {k}): this model knows {k} classes "
+                                f"({', '.join(self.class_names[:6])}{', ...' if k > 6 else ''}; pipe.class_names)")
+        return torch.from_numpy(resize_nearest(ids, *self.size))
+
+    @torch.no_grad()
+    def __call__(self, label_map: LabelMap | Sequence[LabelMap], seeds: int | Sequence[int] = (0,),
+                 local_style: bool = False, batch_size: int = 8, output_type: str = "pil") -> Any:
+        """Images for one label map (or a list of them): one per seed.
+
+        Returns a list of PIL images (``output_type="pil"``), one per seed, for one map; a list of such
+        lists for a list of maps. ``output_type="pt"``: float tensors ``N x 3 x H x W`` in [-1, 1] instead
+        (one per map). ``batch_size``: images per forward pass.
+        """
+        if output_type not in ("pil", "pt"):
+            raise GenerateError(f"output_type={output_type!r}: use 'pil' or 'pt'")
+        seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+        if not seeds:
+            raise GenerateError("seeds: give at least one seed")
+        single = isinstance(label_map, (Image.Image, np.ndarray, torch.Tensor)) and not (
+            isinstance(label_map, (np.ndarray, torch.Tensor)) and label_map.ndim == 3 and label_map.shape[0] > 1)
+        maps = [label_map] if single else list(label_map)
+        ids = [self.label_ids(m, name=f"label_map[{i}]" if not single else "label_map") for i, m in enumerate(maps)]
+        labels = torch.stack([m for m in ids for _ in seeds])
+        all_seeds = seeds * len(ids)
+        images = self._generate(labels, all_seeds, local_style, batch_size)
+        per_map = list(images.split(len(seeds)))
+        if output_type == "pt":
+            out: list[Any] = per_map
+        else:
+            out = [[to_pil(img) for img in chunk] for chunk in per_map]
+        return out[0] if single else out
+
+    def _generate(self, labels: torch.Tensor, seeds: list[int], local_style: bool, batch_size: int) -> torch.Tensor:
+        return generate_images(self.generator, labels, seeds, local_style=local_style, batch_size=batch_size)
+
+    def colorize(self, label_map: LabelMap) -> Image.Image:
+        """The label map in the label set's colours (ids outside it white), at the model's size."""
+        return Image.fromarray(colorize(self.label_ids(label_map), self.palette))

@@ -1,0 +1,1 @@
+"""Small utilities every layer may use: atomic files, the device, image conversion."""
