@@ -85,40 +85,20 @@ def cmd_train(args) -> int:
         cfg.train.iters = args.iters
     if args.seed is not None:
         cfg.train.seed = args.seed
-    C.validate(cfg)
     if args.dry_run:
+        C.validate(cfg)
         print(cfg.to_json())
         return 0
 
-    from usis.data.check import preflight
-    from usis.metrics.protocol import higher_is_better
-    from usis.nn.build import check_image_size
-    from usis.train import distributed
-    from usis.train.trainer import train_process
-    from usis.utils.device import resolve_device
+    from usis.train.run import train
 
-    check_image_size(cfg)  # what the networks need, before any process starts
-    if cfg.train.eval_every >= 0:
-        higher_is_better(cfg.eval.best_metric)  # best.pt needs a metric with a direction
-    preflight(cfg)
-    resume = resume_path if args.resume else None
-    progress = not args.no_progress
-    env = distributed.from_environment()  # torchrun
-    use_cuda = resolve_device(cfg.train.device, setting="train.device").type == "cuda"
-    nproc = distributed.resolve_nproc(cfg.train.nproc, cfg.train.batch_size, use_cuda)
-    if env.enabled or nproc == 1:
-        summary = train_process(env, cfg, out, resume, progress, args.deadline)
-        distributed.shutdown()  # torchrun: every rank done before any leaves the group
-        if not env.is_main:
-            return 3 if summary.get("diverged") else 0
-    else:
-        print(f"training with {nproc} data-parallel processes ({'one GPU' if use_cuda else 'CPU'} each, "
-              f"{cfg.train.batch_size // nproc} of the batch of {cfg.train.batch_size} each)", file=sys.stderr)
-        summary = distributed.launch(train_process, nproc, (cfg, out, resume, progress, args.deadline), use_cuda)
+    summary = train(cfg, out, resume_path if args.resume else None, not args.no_progress, args.deadline)
+    if "rank" in summary:  # a torchrun rank other than 0: rank 0 reports
+        return 3 if summary.get("diverged") else 0
     if summary.get("diverged"):
         print(f"error: {summary['diverged']}", file=sys.stderr)
         return 3
-    print(f"checkpoint: {out / 'checkpoints' / 'latest.pt'} (step {summary['step']})", file=sys.stderr)
+    print(f"checkpoint: {ckpt_path} (step {summary['step']})", file=sys.stderr)
     print(f"samples:    {out / 'samples'}", file=sys.stderr)
     if summary["interrupted"]:
         cmd = f"usis train --out {out} --resume"
