@@ -18,7 +18,6 @@ Label maps ``m`` and photos ``x`` come from two independent streams: they never 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -59,6 +58,7 @@ from usis.nn.noise import seeded_noise
 from usis.train.distributed import Dist, cpu_cores
 from usis.train.ema import refresh_batchnorm, update_ema
 from usis.train.evaluation import make_evaluator
+from usis.train.logging import RunLog
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize_tensor, save_grid
 
@@ -171,7 +171,7 @@ class Trainer:
         self.evaluator = evaluator
         # every rank must agree on whether evaluations happen (they end in a collective)
         self._evaluates = bool(self.dist.any(evaluator is not None)[0])
-        self._writer = None
+        self.log = RunLog(self.out, enabled=self.is_main)
         self._fixed = None
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
         self._eval_cache: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last evaluation
@@ -490,31 +490,10 @@ class Trainer:
         cols.append(photos[: len(labels)])
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         grid = save_grid(cols, path)
-        if self.writer is not None:
-            self.writer.add_image("samples", grid, self.step)
+        self.log.image("samples", grid, self.step)
         return path
 
     # ------------------------------------------------------------------------------------ logging
-
-    @property
-    def writer(self):
-        if self._writer is None and self.is_main:
-            try:
-                from torch.utils.tensorboard import (
-                    SummaryWriter,  # lazy: slow to import, optional at run time
-                )
-            except ImportError:  # tensorboard is a dependency, but logging must never kill training
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.out / "tb"))
-        return self._writer or None
-
-    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
-        if self.is_main:
-            # NaN (e.g. the IoU of a class absent from both prediction and labels) -> null: strict JSON
-            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-            with open(self.out / name, "a") as f:
-                f.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def run_evaluation(self) -> dict[str, float] | None:
         """Evaluate the EMA generator and log one ``metrics.jsonl`` record per step: a second call at the
@@ -531,11 +510,8 @@ class Trainer:
                 self.refresh_ema_bn()
                 metrics = self.evaluator(self)
             record = {"step": self.step, **metrics}
-            self._append_jsonl("metrics.jsonl", record)
-            if self.writer is not None:
-                for k, v in metrics.items():
-                    if isinstance(v, int | float) and math.isfinite(v):
-                        self.writer.add_scalar(f"eval/{k}", v, self.step)
+            self.log.record("metrics.jsonl", record)
+            self.log.scalars("eval", metrics, self.step)
             key = self.cfg.eval.best_metric
             if key in metrics:
                 if is_better(key, metrics[key], self.best.get(key)):
@@ -581,11 +557,10 @@ class Trainer:
         except TrainingDiverged as e:
             summary["diverged"] = str(e)
             if self.is_main:
-                self._append_jsonl("stats.jsonl", {"step": self.step, "diverged": str(e)})
+                self.log.record("stats.jsonl", {"step": self.step, "diverged": str(e)})
         summary["step"] = self.step
         summary["seconds"] = time.time() - t_start
-        if self._writer:
-            self._writer.flush()
+        self.log.flush()
         return summary
 
     def _fit(self, total: int, eval_at_start: bool, deadline: float | None, summary: dict[str, Any]) -> None:
@@ -627,11 +602,9 @@ class Trainer:
                     rate = (self.step - s0) / max(self.train_seconds - seconds0, 1e-9)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k in ("loss_g_seg", "loss_g_adv",
                                                                                       "loss_s", "loss_d")})
-                    self._append_jsonl("stats.jsonl", {"step": self.step, "it_s": rate,
-                                                       "lr_g": self.opt_g.param_groups[0]["lr"], **last})
-                    if self.writer is not None:
-                        for k, v in last.items():
-                            self.writer.add_scalar(f"train/{k}", v, self.step)
+                    self.log.record("stats.jsonl", {"step": self.step, "it_s": rate,
+                                                    "lr_g": self.opt_g.param_groups[0]["lr"], **last})
+                    self.log.scalars("train", last, self.step)
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.sample_grid()
                 if t.eval_every > 0 and self.step % t.eval_every == 0 and self.step < total:
