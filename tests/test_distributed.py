@@ -69,7 +69,7 @@ def _eval_worker(dist: Dist, cfg, out):
     # nothing in the metrics may wait for the other rank
     from usis.data import build_datasets
     from usis.metrics import synthetic_eval as se
-    from usis.train.evaluation import make_evaluator
+    from usis.metrics.periodic import make_evaluator
 
     se.SyntheticEvaluator.load_or_train = classmethod(
         lambda cls, height=64, width=128, cache_dir=None, device="cpu", progress=True: cls(se.EvalNet(), height,

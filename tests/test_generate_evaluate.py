@@ -224,7 +224,7 @@ def cheap_fid(monkeypatch, tmp_path):
         calls.append(weights_path)
         return Projected(real_build(weights_path, antialias))
 
-    for where in ("usis.metrics.fid", "usis.evaluate", "usis.train.evaluation"):  # patched where it is used
+    for where in ("usis.metrics.fid", "usis.evaluate", "usis.metrics.periodic"):  # patched where it is used
         monkeypatch.setattr(f"{where}.build_inception", build)
     monkeypatch.setenv("USIS_CACHE", str(tmp_path / "cache"))
     return calls
@@ -233,7 +233,7 @@ def cheap_fid(monkeypatch, tmp_path):
 def test_evaluate_fid_kid_on_a_folder_dataset_and_periodic_fid(ckpt, folder_data, inception_file, cheap_fid,
                                                                tmp_path):
     from usis.generate import generate_images, load_generator
-    from usis.train.evaluation import make_evaluator
+    from usis.metrics.periodic import make_evaluator
 
     out = tmp_path / "report"
     args = ["evaluate", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", "fid,kid",
@@ -266,7 +266,7 @@ def test_evaluate_fid_kid_on_a_folder_dataset_and_periodic_fid(ckpt, folder_data
 
 def test_missing_inception_weights_offline(ckpt, folder_data, tmp_path, monkeypatch, capsys):
     from usis.data import build_datasets
-    from usis.train.evaluation import PeriodicEvaluationWarning, make_evaluator
+    from usis.metrics.periodic import PeriodicEvaluationWarning, make_evaluator
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # empty hub cache
 

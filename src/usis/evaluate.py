@@ -32,8 +32,9 @@ from torch import Tensor
 
 from usis.config import Config, apply_overrides
 from usis.data import build_datasets
+from usis.data.datasets import label_set
 from usis.errors import EvaluateError
-from usis.generate import LoadedGenerator, generate_images, label_set, load_generator
+from usis.generate import LoadedGenerator, generate_images, load_generator
 from usis.metrics.diversity import msssim_diversity
 from usis.metrics.fid import build_inception, compute_fid
 from usis.metrics.miou import ConfusionMatrix

@@ -32,9 +32,7 @@ from safetensors.torch import load_file
 
 from usis.checkpoint import find_checkpoint, load_checkpoint
 from usis.config import Config, ConfigError
-from usis.data import synthetic
-from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS, label_array, open_image, remap_coco
-from usis.data.palette import class_info, load_class_file
+from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS, label_array, label_set, open_image, remap_coco
 from usis.errors import CheckpointError, DatasetError, GenerateError
 from usis.nn.build import build_generator
 from usis.nn.generator import Generator, one_hot_labels
@@ -175,21 +173,6 @@ def generate_images(G: Generator, labels: torch.Tensor, seeds: Sequence[int], lo
 
 
 # -------------------------------------------------------------------------------------- label files
-
-
-def label_set(cfg: Config) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """Class names and colours of a run's label set (synthetic, standard sets, class file, generic)."""
-    k = cfg.data.num_classes
-    if cfg.data.kind == "synthetic":
-        return list(synthetic.CLASS_NAMES), [tuple(c) for c in synthetic.PALETTE]
-    if cfg.data.class_file and Path(cfg.data.class_file).is_file():
-        try:
-            names, colors = load_class_file(cfg.data.class_file)
-        except ConfigError:
-            names = []
-        if len(names) == k:
-            return names, colors
-    return class_info(cfg.data.kind, k, cfg.data.dontcare)
 
 
 def list_label_files(path: str | os.PathLike) -> list[Path]:

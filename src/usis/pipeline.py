@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from usis.config import Config
-from usis.data.datasets import label_array, remap_coco
+from usis.data.datasets import label_array, label_set, remap_coco
 from usis.errors import GenerateError
-from usis.generate import generate_images, label_set, load_generator, resize_nearest
+from usis.generate import generate_images, load_generator, resize_nearest
 from usis.nn.generator import Generator
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize, to_pil

@@ -564,6 +564,22 @@ def resolve_layout(cfg: Config, split: str = "train") -> Layout:
                   palette=palette, coco_shift=coco_shift, problems=problems, warnings=warns)
 
 
+def label_set(cfg: Config) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and colours of a run's label set (synthetic, standard sets, class file, generic): what
+    a trained generator's label maps mean, without building the datasets."""
+    k = cfg.data.num_classes
+    if cfg.data.kind == "synthetic":
+        return list(synthetic.CLASS_NAMES), [tuple(c) for c in synthetic.PALETTE]
+    if cfg.data.class_file and Path(cfg.data.class_file).is_file():
+        try:
+            names, colors = load_class_file(cfg.data.class_file)
+        except ConfigError:
+            names = []
+        if len(names) == k:
+            return names, colors
+    return class_info(cfg.data.kind, k, cfg.data.dontcare)
+
+
 # ----------------------------------------------------------------------------------------- bundle
 
 

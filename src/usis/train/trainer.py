@@ -51,13 +51,13 @@ from usis.losses import (
     l1_reconstruction,
     r1_penalty,
 )
+from usis.metrics.periodic import make_evaluator
 from usis.metrics.protocol import is_better
 from usis.nn import one_hot_labels
 from usis.nn.build import build_networks
 from usis.nn.noise import seeded_noise
 from usis.train.distributed import Dist, cpu_cores
 from usis.train.ema import refresh_batchnorm, update_ema
-from usis.train.evaluation import make_evaluator
 from usis.train.logging import RunLog
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize_tensor, save_grid

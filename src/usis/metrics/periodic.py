@@ -1,4 +1,6 @@
-"""Periodic evaluation during training: what to measure for each kind of dataset."""
+"""Periodic evaluation during a training run: which evaluator a dataset gets (the synthetic preset's own
+network, or FID/KID with cached real statistics on real data). The evaluators take the trainer (its
+``generate``, ``device`` and ``step``) and import nothing from ``usis.train``."""
 
 from __future__ import annotations
 
