@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import usis.data.synthetic as S
+import usis.data.synthetic.rendering as R
 from usis.data.synthetic import stack
 from usis.metrics.synthetic_eval import SyntheticEvaluator
 
@@ -43,17 +44,17 @@ def main() -> None:
 
     g = torch.Generator().manual_seed(0)
     report("real photos of the paired layouts", photos)
-    original = S._Canvas  # the renderer's per-pixel white noise lives in the canvas
+    original = R._Canvas  # the renderer's per-pixel white noise lives in the canvas
 
     def no_grain(**kw):
         kw["fine"] = kw["fine"] * np.float32(0)
         return original(**kw)
 
-    S._Canvas = no_grain
+    R._Canvas = no_grain
     try:
         report("same photos without per-pixel grain", stack(S.SyntheticPaired(n, h, w, split="val"), "image", n))
     finally:
-        S._Canvas = original
+        R._Canvas = original
     report("photos + white noise sigma 0.1", (photos + 0.1 * torch.randn(photos.shape, generator=g)).clamp(-1, 1))
     report("photos, 2x2 box blur", F.avg_pool2d(F.pad(photos, (1, 0, 1, 0), mode="replicate"), 2, 1))
     report("photos, 3x3 box blur", F.avg_pool2d(F.pad(photos, (1, 1, 1, 1), mode="replicate"), 3, 1))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from usis.data import synthetic as S
+from usis.data.synthetic import rendering as render_mod
 from usis.metrics import synthetic_eval as E
 
 H, W = 64, 128
@@ -196,7 +197,7 @@ def test_scene_instances():
     two_cars = np.full((32, 64), S.ROAD, np.int64)
     two_cars[10:20, 5:20] = S.CAR
     two_cars[10:20, 40:55] = S.CAR
-    inst, boxes = S._components(two_cars)
+    inst, boxes = render_mod._components(two_cars)
     assert sorted(np.unique(inst).tolist()) == [0, 1, 2]
     assert boxes[1].tolist() == [10, 20, 5, 20] and boxes[2].tolist() == [10, 20, 40, 55]
     img = S.render(two_cars, np.random.default_rng(0))
@@ -314,12 +315,15 @@ def test_evaluator_checks_inputs(evaluator):
 
 
 def test_feature_extractor_contract(evaluator):
+    # the contract of usis.metrics.fid's extractors: images in [-1, 1] -> N x D, an id for cache keys
     feats = evaluator.feature_extractor()
-    assert isinstance(feats.num_features, int)
-    x = torch.rand(4, 3, H, W)
+    assert isinstance(feats.num_features, int) and feats.extractor_id.startswith("synthetic-eval:")
+    x = torch.rand(4, 3, H, W) * 2 - 1
     out = feats(x)
-    assert out.shape == (4, feats.num_features)
-    assert torch.allclose(out, feats((x * 255).round().to(torch.uint8)), atol=0.05)
+    assert out.shape == (4, feats.num_features) and torch.equal(out, feats(x))
+    from usis.metrics.fid import FIDKID
+
+    assert torch.allclose(FIDKID(feats).features(x), out)
     feats.train()
     assert not feats.training and not feats.net.training
 

@@ -14,8 +14,8 @@ mirror image (test-time flip).
 * ``miou_ceiling``: the same on held-out REAL photos (``SyntheticPaired(split="val")``) against their own
   layouts -- the best a generator can hope for; generated-image mIoU reads relative to it.
 * ``sfid``: Frechet distance between the evaluator's pooled bottleneck features (128 dims) of two image
-  sets, computed by :class:`torchmetrics.image.fid.FrechetInceptionDistance` with this net as feature
-  extractor.
+  sets, computed by :func:`usis.metrics.fid.compute_fid` (the code behind FID: torchmetrics' Frechet
+  distance in float64) with this net as the feature extractor.
 
 Cache: ``<cache_dir>/synthetic_eval_<hash>.pt`` (a plain state dict plus metadata, loadable with
 ``torch.load(..., weights_only=True)``, written atomically), where the hash covers the image size,
@@ -48,6 +48,7 @@ from usis.data.synthetic import (
     check_size,
 )
 from usis.errors import UsisWarning
+from usis.metrics.fid import compute_fid
 from usis.metrics.miou import ConfusionMatrix
 from usis.utils.io import atomic_write, default_cache_dir
 
@@ -143,23 +144,20 @@ class EvalNet(nn.Module):
 
 
 class PooledFeatures(nn.Module):
-    """The evaluator as a torchmetrics FID feature extractor.
+    """The evaluator as a feature extractor for :mod:`usis.metrics.fid` (``FIDKID`` / ``compute_fid``, the
+    same Frechet-distance code as FID): images ``N x 3 x H x W`` in [-1, 1] -> pooled features
+    ``N x num_features``. Always in eval mode (BatchNorm statistics frozen)."""
 
-    torchmetrics hands a custom extractor the images exactly as given to ``update``; with
-    ``normalize=True`` those are float images in [0, 1] (uint8 in [0, 255] is accepted too). Output:
-    ``N x num_features`` float features. Always in eval mode (BatchNorm statistics frozen).
-    """
-
-    def __init__(self, net: EvalNet) -> None:
+    def __init__(self, net: EvalNet, extractor_id: str = "synthetic-eval") -> None:
         super().__init__()
         self.net = net
         self.num_features = int(net.widths[-1])
+        self.extractor_id = extractor_id  # names the features in a real-statistics cache key
         self.train(False)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         with torch.no_grad():
-            return self.net.pooled(x * 2 - 1)
+            return self.net.pooled(images.float())
 
     def train(self, mode: bool = True) -> PooledFeatures:
         return super().train(False)
@@ -407,24 +405,22 @@ class SyntheticEvaluator:
         return _named_iou(self.confusion(images, labels))
 
     def feature_extractor(self) -> PooledFeatures:
-        return PooledFeatures(self.net)
+        return PooledFeatures(self.net, f"synthetic-eval:{cache_key(self.height, self.width)}")
 
     def sfid(self, fake_images: Tensor, real_images: Tensor, batch_size: int = 128) -> float:
-        """Frechet distance of the evaluator's pooled features (both sets ``N x 3 x H x W`` in [-1, 1], N >= 2)."""
+        """Frechet distance of the evaluator's pooled features (both sets ``N x 3 x H x W`` in [-1, 1], N >= 2),
+        computed by :func:`usis.metrics.fid.compute_fid` like FID."""
         _check_images(fake_images, self.height, self.width, "fake images")
         _check_images(real_images, self.height, self.width, "real images")
         if len(fake_images) < 2 or len(real_images) < 2:
             raise ValueError("sFID needs at least 2 fake and 2 real images")
-        from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: torchmetrics is slow to import
 
-        # no cross-process sync: in a data-parallel training run rank 0 evaluates alone (see metrics/fid.py)
-        metric = FrechetInceptionDistance(feature=self.feature_extractor(), normalize=True,
-                                          sync_on_compute=False).to(self.device)
-        for imgs, real in ((real_images, True), (fake_images, False)):
-            for i in range(0, len(imgs), batch_size):
-                x = imgs[i : i + batch_size].to(self.device, torch.float32)
-                metric.update(((x.clamp(-1, 1) + 1) / 2).contiguous(memory_format=torch.channels_last), real=real)
-        return float(metric.compute())
+        def batches(images: Tensor):
+            for i in range(0, len(images), batch_size):
+                yield images[i:i + batch_size]
+
+        extractor = self.feature_extractor().to(self.device)
+        return float(compute_fid(batches(fake_images), lambda: batches(real_images), None, None, extractor)["fid"])
 
     def ceiling(self, n: int = CEILING_N) -> float:
         """mIoU (percent) on ``n`` held-out REAL photos (``SyntheticPaired(split="val")``) vs their layouts."""
