@@ -15,7 +15,7 @@ from torch import nn
 
 from usis import config as C
 from usis.cli import main
-from usis.data.synthetic import SyntheticLabels, SyntheticPhotos
+from usis.data.synthetic import CLASS_NAMES, SyntheticLabels, SyntheticPhotos
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_evaluate_synthetic_writes_report(ckpt, tmp_path, monkeypatch, capsys):
     res = report["results"]
     assert {"miou", "miou_ceiling", "sfid", "msssim"} <= res.keys()
     assert 0 <= res["miou"] <= 100 and math.isfinite(res["sfid"]) and 0 < res["msssim"] <= 1
-    assert [c["class"] for c in report["per_class_iou"]] == se.CLASS_NAMES[1:]
+    assert [c["class"] for c in report["per_class_iou"]] == CLASS_NAMES[1:]
     assert report["meta"]["step"] == 1 and report["meta"]["num_images"] == 4
     md = (out / "report.md").read_text()
     assert "Per-class IoU" in md and "| road |" in md and "synthetic FID" in md

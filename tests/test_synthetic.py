@@ -339,7 +339,7 @@ def test_weights_cache_is_reused(evaluator, cache_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached evaluator should have been loaded, not retrained")
 
-    monkeypatch.setattr(E, "train_evaluator", no_training)
+    monkeypatch.setattr(E.evaluator, "train_evaluator", no_training)  # patched where it is called
     again = E.SyntheticEvaluator.load_or_train(H, W, cache_dir=cache_dir, progress=False)
     assert os.stat(path).st_mtime_ns == mtime
     images = S.stack(S.SyntheticPhotos(4, seed=1), "image")
@@ -353,7 +353,7 @@ def test_weights_cache_is_reused(evaluator, cache_dir, monkeypatch):
 def test_cache_key_depends_on_size_and_versions(tmp_path, monkeypatch):
     a = E.cache_path(64, 128, tmp_path)
     assert E.cache_path(64, 64, tmp_path) != a
-    monkeypatch.setattr(E, "ARCH_VERSION", E.ARCH_VERSION + 1)
+    monkeypatch.setattr(E.fit, "ARCH_VERSION", E.ARCH_VERSION + 1)  # the cache key reads it there
     assert E.cache_path(64, 128, tmp_path) != a
     monkeypatch.setenv("USIS_CACHE", str(tmp_path / "env"))
     assert E.cache_path(64, 128).parent == tmp_path / "env"
@@ -369,7 +369,7 @@ def test_corrupt_cache_is_replaced(evaluator, cache_dir, tmp_path, monkeypatch):
         calls.append((height, width))
         return record
 
-    monkeypatch.setattr(E, "train_evaluator", fake_training)
+    monkeypatch.setattr(E.evaluator, "train_evaluator", fake_training)
     with pytest.warns(UserWarning, match="retraining"):
         E.SyntheticEvaluator.load_or_train(H, W, cache_dir=tmp_path, progress=False)
     assert calls == [(H, W)]
