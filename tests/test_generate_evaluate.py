@@ -224,7 +224,7 @@ def cheap_fid(monkeypatch, tmp_path):
         calls.append(weights_path)
         return Projected(real_build(weights_path, antialias))
 
-    for where in ("usis.metrics.fid", "usis.evaluate", "usis.metrics.periodic"):  # patched where it is used
+    for where in ("usis.metrics.fid", "usis.metrics.scoring", "usis.metrics.periodic"):  # patched where it is used
         monkeypatch.setattr(f"{where}.build_inception", build)
     monkeypatch.setenv("USIS_CACHE", str(tmp_path / "cache"))
     return calls

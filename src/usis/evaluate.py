@@ -36,8 +36,7 @@ from usis.data.datasets import label_set
 from usis.errors import EvaluateError
 from usis.generate import LoadedGenerator, generate_images, load_generator
 from usis.metrics.diversity import msssim_diversity
-from usis.metrics.fid import build_inception, compute_fid
-from usis.metrics.miou import ConfusionMatrix
+from usis.metrics.fid import FeatureDistance, compute_distances
 from usis.metrics.protocol import (
     RESULT_ORDER,
     label_batches,
@@ -46,8 +45,7 @@ from usis.metrics.protocol import (
     real_key,
 )
 from usis.metrics.report import write_report
-from usis.metrics.segmenters import build_segmenter, segmentation_confusion
-from usis.metrics.synthetic_eval import SyntheticEvaluator
+from usis.metrics.scoring import evaluation_tools
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize_tensor, save_grid
 
@@ -93,7 +91,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     if fid_weights:
         cfg.eval.fid_weights = fid_weights
     kind = cfg.data.kind
-    synthetic = kind == "synthetic"
     if metrics is None:
         wanted = parse_metrics(cfg.eval.metrics, kind)
         if segmenter and "miou" not in wanted:
@@ -106,27 +103,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
                             "metrics": ",".join(wanted), "device": str(dev)}
 
     # --- the measuring tools first: a missing weights file should fail before any image is generated
-    extractor = seg = ev = None
-    if "fid" in wanted or "kid" in wanted:
-        extractor = build_inception(cfg.eval.fid_weights or None).to(dev)
-        meta["fid_extractor"] = extractor.extractor_id
-    if synthetic and ("miou" in wanted or "sfid" in wanted):
-        ev = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
-                                              device=dev)
-        meta["segmenter"] = "synthetic evaluator (usis.metrics.synthetic_eval)"
-    elif "miou" in wanted:
-        if not segmenter:
-            hint = ("--segmenter drn --segmenter-path drn-d-105_ms_cityscapes.pth" if kind in
-                    ("cityscapes", "gta2cityscapes") else "--segmenter segformer --segmenter-path MODEL_DIR_OR_NAME, "
-                    "or --segmenter torchscript --segmenter-path MODEL.pt --segmenter-mapping MAP.json")
-            raise EvaluateError(f"mIoU needs a pretrained segmentation network: pass {hint} (or drop miou from "
-                                "--metrics)")
-        if not segmenter_path:
-            raise EvaluateError(f"--segmenter {segmenter} needs --segmenter-path (the weights file, model folder or "
-                                "TorchScript file)")
-
-        seg = build_segmenter(segmenter, segmenter_path, kind, segmenter_mapping, dev)
-        meta["segmenter"] = seg.name
+    tools = evaluation_tools(cfg, wanted, dev, segmenter, segmenter_path, segmenter_mapping)
+    meta.update(tools.meta)
 
     # --- data
     val = build_datasets(cfg, "val")
@@ -142,11 +120,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     log(f"evaluating {gen.source} (step {gen.step}) on {n} {kind} validation label maps: {', '.join(wanted)}")
 
     # --- one pass over the label maps: generate, then feed every metric that looks at single images
-    cm = None
-    if seg is not None:
-        cm = ConfusionMatrix(seg.num_classes, seg.ignore_index)
-    keep_all = ev is not None
-    kept: dict[str, list[Tensor]] = {"fake": [], "labels": []}
     preview: list[Tensor] = []
     preview_labels: list[Tensor] = []
 
@@ -156,43 +129,34 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
             seeds = list(range(seed + start, seed + start + len(labels)))
             fake = generate_images(gen.G, labels, seeds, batch_size=bs)
             start += len(labels)
-            if cm is not None:
-                segmentation_confusion(seg, [(fake, labels)], cm)
-            if keep_all:
-                kept["fake"].append(fake)
-                kept["labels"].append(labels)
+            if tools.scorer is not None:
+                tools.scorer.update(fake, labels)
             if sum(len(p) for p in preview) < 8:
                 preview.append(fake[:8])
                 preview_labels.append(labels[:8])
             yield fake
 
     results: dict[str, Any] = {}
-    if extractor is not None:
-        key = real_key(cfg, val.photos, n_real, extractor)
-        res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, cfg.data.num_workers), key,
-                          cfg.eval.cache_dir or None, extractor, kid="kid" in wanted)
-        results["fid"] = float(res["fid"])
-        if "kid" in wanted:
-            results["kid_mean"], results["kid_std"] = float(res["kid_mean"]), float(res["kid_std"])
-        meta["fid_real_stats"] = res["cache"]
+    if tools.extractors:  # FID / KID / sFID: the same Frechet-distance code, real statistics cached
+        distances = {name: FeatureDistance(ext, real_key(cfg, val.photos, n_real, ext), kid=name == "fid" and "kid" in wanted)
+                     for name, ext in tools.extractors.items()}
+        res = compute_distances(fakes(), photo_batches(val.photos, n_real, bs, cfg.data.num_workers), distances,
+                                cfg.eval.cache_dir or None)
+        if "fid" in res:
+            results["fid"] = float(res["fid"]["fid"])
+            if "kid" in wanted:
+                results["kid_mean"], results["kid_std"] = float(res["fid"]["kid_mean"]), float(res["fid"]["kid_std"])
+            meta["fid_real_stats"] = res["fid"]["cache"]
+        if "sfid" in res:
+            results["sfid"] = float(res["sfid"]["fid"])
     else:
         for _ in fakes():
             pass
 
     per_class: list[tuple[str, float]] | None = None
-    if cm is not None:
-        results["miou"] = cm.miou()
-        results["pixel_accuracy"] = cm.pixel_accuracy()
-        per_class = cm.table(seg.class_names)
-    if ev is not None:
-        fake_all, labels_all = torch.cat(kept["fake"]), torch.cat(kept["labels"])
-        if "miou" in wanted:
-            results["miou"] = ev.miou(fake_all, labels_all)
-            results["miou_ceiling"] = ev.ceiling()
-            per_class = list(ev.per_class_iou(fake_all, labels_all).items())
-        if "sfid" in wanted:
-            real = torch.cat(list(photo_batches(val.photos, n_real, bs)()))
-            results["sfid"] = ev.sfid(fake_all, real)
+    if tools.scorer is not None:
+        scores, per_class = tools.scorer.results()
+        results.update(scores)
     if "msssim" in wanted:
         results["msssim"] = _msssim(gen, val.labels, min(msssim_maps, n), msssim_samples, seed + n, bs,
                                     cfg.data.num_workers)

@@ -30,6 +30,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -373,23 +374,51 @@ def compute_fid(fake_iter: Iterable[Tensor], real_iter_factory: Callable[[], Ite
     under ``key`` misses (``key=None`` disables the cache). Returns ``fid`` (and ``kid_mean``,
     ``kid_std``), ``num_real``, ``num_fake`` and ``cache`` (``"hit"``, ``"miss"`` or ``"off"``).
     """
-    metric = FIDKID(feature_extractor, kid=kid, kid_subsets=kid_subsets)
-    path = stats_path(cache_dir, key) if key else None
-    state = load_real_stats(path, need_features=kid) if path is not None else None
-    if state is not None:
-        metric.load_real_state(state)
-        cache = "hit"
-    else:
+    return compute_distances(fake_iter, real_iter_factory, {"fid": FeatureDistance(feature_extractor, key, kid)},
+                             cache_dir, kid_subsets)["fid"]
+
+
+class FeatureDistance(NamedTuple):
+    """One Frechet distance to compute: its feature extractor, the real-statistics cache key (``None``: no
+    cache) and whether KID is wanted too."""
+
+    extractor: nn.Module
+    key: str | None = None
+    kid: bool = False
+
+
+def compute_distances(fake_iter: Iterable[Tensor], real_iter_factory: Callable[[], Iterable[Tensor]],
+                      distances: dict[str, FeatureDistance], cache_dir: str | os.PathLike | None = None,
+                      kid_subsets: int = 100) -> dict[str, dict[str, float | int | str]]:
+    """Several feature distances (FID with Inception, sFID with the synthetic evaluator, ...) over ONE pass of
+    the generated images: each name gets :func:`compute_fid`'s result. Real statistics come from each
+    key's cache; the real images are read once, for all the distances whose cache missed."""
+    metrics, cache, paths = {}, {}, {}
+    for name, d in distances.items():
+        metrics[name] = FIDKID(d.extractor, kid=d.kid, kid_subsets=kid_subsets)
+        paths[name] = stats_path(cache_dir, d.key) if d.key else None
+        state = load_real_stats(paths[name], need_features=d.kid) if paths[name] is not None else None
+        if state is not None:
+            metrics[name].load_real_state(state)
+            cache[name] = "hit"
+    missing = [name for name in distances if name not in cache]
+    if missing:
         for batch in real_iter_factory():
-            metric.update(batch, real=True)
-        if metric.num_real == 0:
-            raise ValueError("the real-image iterator yielded no images")
-        cache = "off"
-        if path is not None:
-            save_real_stats(path, metric.real_state(), key=key)
-            cache = "miss"
+            for name in missing:
+                metrics[name].update(batch, real=True)
+        for name in missing:
+            if metrics[name].num_real == 0:
+                raise ValueError("the real-image iterator yielded no images")
+            cache[name] = "off"
+            if paths[name] is not None:
+                save_real_stats(paths[name], metrics[name].real_state(), key=distances[name].key)
+                cache[name] = "miss"
     for batch in fake_iter:
-        metric.update(batch, real=False)
-    out: dict[str, float | int | str] = dict(metric.compute())
-    out.update(num_real=metric.num_real, num_fake=metric.num_fake, cache=cache)
+        for metric in metrics.values():
+            metric.update(batch, real=False)
+    out = {}
+    for name, metric in metrics.items():
+        res: dict[str, float | int | str] = dict(metric.compute())
+        res.update(num_real=metric.num_real, num_fake=metric.num_fake, cache=cache[name])
+        out[name] = res
     return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -170,7 +171,14 @@ class SyntheticEvaluator:
         return _named_iou(self.confusion(images, labels))
 
     def feature_extractor(self) -> PooledFeatures:
-        return PooledFeatures(self.net, f"synthetic-eval:{cache_key(self.height, self.width)}")
+        """The pooled features as an extractor for :mod:`usis.metrics.fid`; its id names these very weights (a
+        retrained evaluator never meets real statistics cached with another one)."""
+        if not hasattr(self, "_weights_digest"):
+            h = hashlib.sha256()
+            for k, v in sorted(self.net.state_dict().items()):
+                h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_digest = h.hexdigest()[:12]
+        return PooledFeatures(self.net, f"synthetic-eval:{cache_key(self.height, self.width)}:{self._weights_digest}")
 
     def sfid(self, fake_images: Tensor, real_images: Tensor, batch_size: int = 128) -> float:
         """Frechet distance of the evaluator's pooled features (both sets ``N x 3 x H x W`` in [-1, 1], N >= 2),
