@@ -78,3 +78,20 @@ def test_every_study_variant_is_a_valid_config(ablation):
                                     ablation.run_overrides(study, overrides, study.eval_every))
             C.validate(cfg)
             assert cfg.train.nproc == 1 and cfg.train.max_seconds == 0, (name, variant)
+
+
+def test_demo_stability_summarises_seed_curves(ablation, tmp_path):
+    spec = importlib.util.spec_from_file_location("demo_stability", ROOT / "benchmarks" / "demo_stability.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    start = {"step": 0, "miou": 10.0, "miou_ceiling": 80.0, "sfid": 4.0}
+    # seed a meets both bars at 2000 and 2250; seed b misses the mIoU bar at 2000
+    _write_run(tmp_path / "a", [start, {"step": 2000, "miou": 44.0, "miou_ceiling": 80.0, "sfid": 0.8},
+                                {"step": 2250, "miou": 48.0, "miou_ceiling": 80.0, "sfid": 0.6}])
+    _write_run(tmp_path / "b", [start, {"step": 2000, "miou": 36.0, "miou_ceiling": 80.0, "sfid": 0.9},
+                                {"step": 2250, "miou": 42.0, "miou_ceiling": 80.0, "sfid": 0.7}])
+    assert mod.seed_curves([tmp_path / "a", tmp_path / "b"], "t", tmp_path / "rep", 1500) == 0
+    rows = (tmp_path / "rep/demo_stability_t.md").read_text().splitlines()[2:]
+    assert rows[0].startswith("| 2000 | 0.550, 0.200 | 0.450, 0.225 | 0.500 +- 0.071 |") and rows[0].endswith("| no |")
+    assert rows[1].startswith("| 2250 | 0.600, 0.150 | 0.525, 0.175 |") and rows[1].endswith("| yes |")
+    assert (tmp_path / "rep/demo_stability_t.png").stat().st_size > 0
