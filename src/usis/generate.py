@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from usis.checkpoint import find_checkpoint, load_checkpoint
 from usis.config import Config, ConfigError
@@ -37,7 +36,7 @@ from usis.errors import CheckpointError, DatasetError, GenerateError
 from usis.nn.build import build_generator
 from usis.nn.generator import Generator, one_hot_labels
 from usis.nn.noise import seeded_noise
-from usis.nn.pretrained import CONFIG_NAME, load_state
+from usis.nn.pretrained import CONFIG_NAME, load_state, read_weights
 from usis.utils.images import colorize as colorize_labels
 from usis.utils.images import save_image
 
@@ -111,7 +110,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     if _is_export_dir(path) or path.suffix == ".safetensors":
         G, cfg_dict, step, source = _load_export(path)
         if G is None:  # an export of the earlier layout
-            state = load_file_checked(path / EXPORT_WEIGHTS if path.is_dir() else path)
+            state = read_weights(path / EXPORT_WEIGHTS if path.is_dir() else path)
     else:
         G = None
         state, cfg_dict, step, source = _read_training_checkpoint(path)
@@ -125,14 +124,6 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     G.to(dev).eval().requires_grad_(False)
     return LoadedGenerator(G=G, cfg=cfg, step=step, source=source, device=dev)
-
-
-def load_file_checked(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # truncated / not a safetensors file
-        raise CheckpointError(f"{path}: cannot read the generator weights ({type(e).__name__}: {e}); "
-                              "re-run `usis export`") from e
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -201,16 +192,29 @@ def read_label_map(path: str | os.PathLike, cfg: Config) -> np.ndarray:
     path = str(path)
     k = cfg.data.num_classes
     with open_image(path) as img:
-        raw = label_array(img, path, cfg.data.kind)
-    ids = remap_coco(raw) if cfg.data.kind == "coco" else raw
-    if ids.size and (ids.min() < 0 or ids.max() >= k):
-        bad = np.unique(ids[(ids < 0) | (ids >= k)])
-        shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        ids = image_label_ids(img, path, cfg.data.kind)
+    shown = ids_outside(ids, k)
+    if shown:
         raise DatasetError(
-            f"{path}: label ids {{{shown}}} are outside [0, {k}): this generator was trained on "
+            f"{path}: label ids {shown} are outside [0, {k}): this generator was trained on "
             f"{cfg.data.kind} label maps with {k} classes (ids 0..{k - 1}); use label maps of that label set "
             f"(same ids as the training data) or remap these ids")
     return ids
+
+
+def image_label_ids(img: Image.Image, name: str, kind: str) -> np.ndarray:
+    """A decoded label image as int64 ``H x W`` class ids, read like the training data (COCO-Stuff's stored
+    values shifted by one)."""
+    raw = label_array(img, name, kind)
+    return remap_coco(raw) if kind == "coco" else raw
+
+
+def ids_outside(ids: np.ndarray, num_classes: int) -> str | None:
+    """``"{a, b, ...}"`` (at most 8 shown) for the ids of ``ids`` outside ``[0, num_classes)``; None if none."""
+    if not ids.size or (ids.min() >= 0 and ids.max() < num_classes):
+        return None
+    bad = np.unique(ids[(ids < 0) | (ids >= num_classes)])
+    return "{" + ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "") + "}"
 
 
 def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:

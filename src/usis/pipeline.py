@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from usis.config import Config
-from usis.data.datasets import label_array, label_set, remap_coco
+from usis.data.datasets import label_set
 from usis.errors import GenerateError
-from usis.generate import generate_images, load_generator, resize_nearest
+from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
 from usis.nn.generator import Generator
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize, to_pil
@@ -109,9 +109,7 @@ class USISPipeline:
     def label_ids(self, label_map: LabelMap, name: str = "label_map") -> torch.Tensor:
         """One label map as int64 ``H x W`` ids at the model's size, checked against the label set."""
         if isinstance(label_map, Image.Image):
-            ids = label_array(label_map, name, self.config.data.kind)
-            if self.config.data.kind == "coco":
-                ids = remap_coco(ids)
+            ids = image_label_ids(label_map, name, self.config.data.kind)
         elif isinstance(label_map, torch.Tensor):
             ids = label_map.detach().cpu().numpy()
         elif isinstance(label_map, np.ndarray):
@@ -130,10 +128,9 @@ class USISPipeline:
             raise GenerateError(f"{name}: class ids must be integers, got dtype {ids.dtype}")
         ids = ids.astype(np.int64)
         k = self.num_classes
-        if ids.size and (ids.min() < 0 or ids.max() >= k):
-            bad = np.unique(ids[(ids < 0) | (ids >= k)])
-            shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
-            raise GenerateError(f"{name}: label ids {{{shown}}} are outside [0, {k}): this model knows {k} classes "
+        shown = ids_outside(ids, k)
+        if shown:
+            raise GenerateError(f"{name}: label ids {shown} are outside [0, {k}): this model knows {k} classes "
                                 f"({', '.join(self.class_names[:6])}{', ...' if k > 6 else ''}; pipe.class_names)")
         return torch.from_numpy(resize_nearest(ids, *self.size))
 

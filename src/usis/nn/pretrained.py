@@ -103,13 +103,18 @@ class Pretrained(nn.Module):
             net = cls(**config)
         except TypeError as e:
             raise CheckpointError(f"{weights}: its config does not fit this version's {cls.__name__} ({e})") from e
-        try:
-            state = load_file(str(weights), device="cpu")
-        except Exception as e:  # missing, truncated, not safetensors
-            raise CheckpointError(f"{weights}: cannot read the weights ({type(e).__name__}: {e}); write the folder "
-                                  "again") from e
-        load_state(net, state, str(weights))
+        load_state(net, read_weights(weights), str(weights))
         return net.to(device).eval()
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU; a missing, truncated or foreign file is a
+    :class:`CheckpointError` naming it."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # missing, truncated, not safetensors
+        raise CheckpointError(f"{path}: cannot read the weights ({type(e).__name__}: {e}); write the folder "
+                              "again (`usis export`)") from e
 
 
 def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
