@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Config", "Generator", "USISPipeline", "UsisError", "get_preset", "load_generator"]
+__all__ = ["Config", "Generator", "USISPipeline", "UsisError", "WaveletGenerator", "get_preset", "load_generator"]
 
 _LAZY = {
     "USISPipeline": ("usis.pipeline", "USISPipeline"),
     "Generator": ("usis.nn.generator", "Generator"),
+    "WaveletGenerator": ("usis.nn.wavelet_generator", "WaveletGenerator"),
     "Config": ("usis.config", "Config"),
     "get_preset": ("usis.config", "get_preset"),
     "load_generator": ("usis.generate", "load_generator"),

@@ -53,7 +53,9 @@ class ModelConfig:
     """Network widths and switches. ``num_classes`` is filled from the data, never hard-coded."""
 
     num_classes: int = 9
-    # generator (SPADE / OASIS with 3D noise)
+    # generator: "spade" (USIS: SPADE / OASIS with 3D noise) or "wavelet" (USIS-Wavelet, ICASSP 2022: the same
+    # blocks in the Haar wavelet domain, widths 4x; the reference trains it with g_ch=16)
+    g_type: str = "spade"
     g_ch: int = 64
     z_dim: int = 64
     g_norm: str = "batch"  # batch | syncbatch | instance
@@ -61,6 +63,9 @@ class ModelConfig:
     noise_3d: bool = True
     spade_hidden: int = 128
     pixel_noise: int = 0  # i.i.d. per-pixel noise channels in the conditioning; 0 = the paper (see Generator)
+    # wavelet generator only: SPADE-normalise its learned shortcuts. The reference builds these norms but leaves
+    # them out of its forward (untrained parameters); false = its forward, without them (usis.nn.wavelet_generator)
+    g_shortcut_norm: bool = True
     # segmenter (OASIS U-Net)
     s_ch: int = 64
     # One more output channel than classes (channel 0, never a target) that takes part in the softmax of
@@ -92,6 +97,14 @@ class TrainConfig:
     beta2: float = 0.999
     lambda_seg: float = 1.0
     lambda_rec: float = 1.0  # decoder L1 on real photos (D step)
+    # The learning scheme's ablations (Table 3 of the paper; off by default):
+    # seg_loss "ce" = the class-balanced cross entropy (USIS); "l1" = CycleGAN's L1 cycle loss between S's class
+    # probabilities and the one-hot map in its place (configuration A).
+    seg_loss: str = "ce"
+    # > 0: add CycleGAN's reverse cycle (configuration C): real photo x -> S -> class probabilities -> G -> x',
+    # lambda_rev * L1(x', x) for G and S, plus a label discriminator (whole-image, on probability maps vs the
+    # one-hot maps of the label stream) that S learns to fool. S then sees real photos. CycleGAN's weight is 10.
+    lambda_rev: float = 0.0
     r1_gamma: float = 10.0
     r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
     # How R1 enters D's optimisation. "reference" (reference train.py): D's whole loss (adversarial +
@@ -382,5 +395,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.init={m.init!r}: choose reference (Xavier-normal, gain 0.02) or default (PyTorch's)")
     if t.r1_mode not in ("reference", "fused"):
         raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
+    if cfg.train.seg_loss not in ("ce", "l1"):
+        raise ConfigError(f"train.seg_loss={cfg.train.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
+    if cfg.train.lambda_rev < 0:
+        raise ConfigError(f"train.lambda_rev={cfg.train.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
+    if m.g_type not in ("spade", "wavelet"):
+        raise ConfigError(f"model.g_type={m.g_type!r}: choose spade or wavelet")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

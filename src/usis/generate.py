@@ -34,13 +34,13 @@ from usis.config import Config, ConfigError
 from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS, label_array, label_set, open_image, remap_coco
 from usis.errors import CheckpointError, DatasetError, GenerateError
 from usis.nn.build import build_generator
-from usis.nn.generator import Generator, one_hot_labels
+from usis.nn.generator import BaseGenerator, one_hot_labels
 from usis.nn.noise import seeded_noise
 from usis.nn.pretrained import CONFIG_NAME, load_state, read_weights
 from usis.utils.images import colorize as colorize_labels
 from usis.utils.images import save_image
 
-EXPORT_WEIGHTS = Generator.weights_name  # generator.safetensors
+EXPORT_WEIGHTS = BaseGenerator.weights_name  # generator.safetensors
 EXPORT_CONFIG = CONFIG_NAME  # config.json
 
 
@@ -51,7 +51,7 @@ EXPORT_CONFIG = CONFIG_NAME  # config.json
 class LoadedGenerator:
     """An EMA generator in eval mode plus what it was trained with."""
 
-    G: Generator
+    G: BaseGenerator
     cfg: Config
     step: int
     source: str  # the checkpoint file or export folder it came from
@@ -70,12 +70,12 @@ def _is_export_dir(path: Path) -> bool:
     return path.is_dir() and (path / EXPORT_WEIGHTS).is_file()
 
 
-def _load_export(path: Path) -> tuple[Generator, dict[str, Any], int, str]:
+def _load_export(path: Path) -> tuple[BaseGenerator | None, dict[str, Any], int, str]:
     """An export folder (or its ``generator.safetensors``): the generator, the run config, the step."""
     folder = path if path.is_dir() else path.parent
-    meta = Generator.read_pretrained_config(folder)
+    meta = BaseGenerator.read_pretrained_config(folder)
     if "config" in meta:  # save_pretrained's layout: the generator's own config, the run's under "run"
-        G = Generator.from_config_and_weights(meta["config"], folder / EXPORT_WEIGHTS)
+        G = BaseGenerator.stored_class(meta).from_config_and_weights(meta["config"], folder / EXPORT_WEIGHTS)
         run = meta.get("run")
         if not isinstance(run, dict):
             raise CheckpointError(f"{folder / EXPORT_CONFIG}: no \"run\" entry (the training config); re-create the "
@@ -142,7 +142,7 @@ def export_generator(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) 
 
 
 @torch.no_grad()
-def generate_images(G: Generator, labels: torch.Tensor, seeds: Sequence[int], local_style: bool = False,
+def generate_images(G: BaseGenerator, labels: torch.Tensor, seeds: Sequence[int], local_style: bool = False,
                     batch_size: int = 8) -> torch.Tensor:
     """Images (float ``N x 3 x H x W`` in [-1, 1], on the CPU) for int64 ``labels`` (``N x H x W``),
     image i with noise seed ``seeds[i]``. ``G`` should be in eval mode."""

@@ -31,7 +31,7 @@ from usis.config import Config
 from usis.data.datasets import label_set
 from usis.errors import GenerateError
 from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
-from usis.nn.generator import Generator
+from usis.nn.generator import BaseGenerator
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize, to_pil
 
@@ -45,7 +45,7 @@ class USISPipeline:
     Build it with :meth:`from_pretrained`; move it with :meth:`to`; call it like a function.
     """
 
-    generator: Generator
+    generator: BaseGenerator
     config: Config
     class_names: list[str]
     palette: list[tuple[int, int, int]]

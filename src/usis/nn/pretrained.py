@@ -86,15 +86,30 @@ class Pretrained(nn.Module):
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(f"{path}: written by a newer usis (format version {version}, this one reads up "
                                   f"to {FORMAT_VERSION}); upgrade usis (pip install -U usis)")
-        if meta.get("class", cls.__name__) != cls.__name__:
+        if cls.stored_class(meta) is None:
             raise CheckpointError(f"{path}: holds a {meta['class']}, not a {cls.__name__}")
         return meta
 
     @classmethod
+    def stored_class(cls: type[T], meta: dict[str, Any]) -> type[T] | None:
+        """The class a ``config.json`` names: ``cls`` or one of its (imported) subclasses; ``None`` if
+        neither (``BaseGenerator.stored_class`` gives the SPADE or the wavelet generator)."""
+        name = meta.get("class", cls.__name__)
+        stack: list[type] = [cls]
+        while stack:
+            klass = stack.pop()
+            if klass.__name__ == name:
+                return klass
+            stack.extend(klass.__subclasses__())
+        return None
+
+    @classmethod
     def from_pretrained(cls: type[T], directory: str | os.PathLike, device: str | torch.device = "cpu") -> T:
-        """The network saved in ``directory`` (eval mode, on ``device``)."""
+        """The network saved in ``directory`` (eval mode, on ``device``); called on a base class, the
+        subclass the folder holds."""
         meta = cls.read_pretrained_config(directory)
-        return cls.from_config_and_weights(meta["config"], Path(directory) / cls.weights_name, device)
+        klass = cls.stored_class(meta)
+        return klass.from_config_and_weights(meta["config"], Path(directory) / klass.weights_name, device)
 
     @classmethod
     def from_config_and_weights(cls: type[T], config: dict[str, Any], weights: str | os.PathLike,
