@@ -49,6 +49,31 @@ class Study:
     iters: int = 1500
     eval_every: int = 500
     about: str = ""
+    # named subsets of the variants, each reported as its own table and plot (``STUDY_GROUP.md/.png``)
+    groups: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+
+
+# The paper's ablations (issue 15) on the synthetic preset. Table 1: the discriminator (patch, whole image,
+# wavelet; without the decoder), the decoder, and the wavelet generator (issue 13). Table 3 (all with the
+# wavelet D, encoder only, as in the paper): L_seg replaced by CycleGAN's L1 cycle loss, the reverse cycle
+# added (photo -> S -> G -> photo with a label discriminator; CycleGAN's weight 10), the reverse cycle
+# without noise, and USIS without noise. "Without noise" removes the 3D noise and the synthetic preset's
+# per-pixel noise (model.pixel_noise), so that the generator is deterministic as in the paper's.
+NO_NOISE = ["model.noise_3d=false", "model.pixel_noise=0"]
+NO_DECODER = ["model.decoder=false"]
+PAPER_VARIANTS = {
+    "patch_D": ["model.d_type=patch", *NO_DECODER],
+    "whole_D": ["model.d_type=whole", *NO_DECODER],
+    "wavelet_D": NO_DECODER,  # also Table 3's "USIS (no decoder)"
+    "wavelet_D_decoder": [],  # USIS: the synthetic preset as it is
+    # the wavelet generator at the SPADE generator's widths / 4 (g_ch 2 vs 8): 0.9M vs 1.1M parameters, the
+    # ratio of the reference's run-script G (ch 16, 55.7M) to the paper's (ch 64, 71.1M)
+    "wavelet_G": ["model.g_type=wavelet", "model.g_ch=2"],
+    "l1_cycle": ["train.seg_loss=l1", *NO_DECODER],
+    "reverse_cycle": ["train.lambda_rev=10", *NO_DECODER],
+    "reverse_cycle_no_noise": ["train.lambda_rev=10", *NO_DECODER, *NO_NOISE],
+    "no_noise": [*NO_DECODER, *NO_NOISE],
+}
 
 
 STUDIES: dict[str, Study] = {
@@ -71,6 +96,20 @@ STUDIES: dict[str, Study] = {
             + ["train.fresh_fakes=false"],
         },
         about="the reference implementation's training recipe vs the earlier one (issue 11)",
+    ),
+    "paper": Study(
+        base=["eval.metrics=miou,sfid,msssim"],
+        variants=PAPER_VARIANTS,
+        iters=1500,
+        eval_every=250,
+        about="the paper's ablations on the synthetic benchmark (issues 13, 15)",
+        groups={
+            "table1": ("Table 1: discriminator, decoder, generator",
+                       ["patch_D", "whole_D", "wavelet_D", "wavelet_D_decoder", "wavelet_G"]),
+            "table3": ("Table 3: the learning scheme (wavelet D without decoder)",
+                       ["wavelet_D", "l1_cycle", "reverse_cycle", "reverse_cycle_no_noise", "no_noise"]),
+            "generator": ("SPADE vs wavelet generator (wavelet D + decoder)", ["wavelet_D_decoder", "wavelet_G"]),
+        },
     ),
 }
 
@@ -253,19 +292,29 @@ def collect(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[
 
 
 def report(study_name: str, study: Study, out: Path, variants: list[str], seeds: list[int], report_dir: Path) -> str:
+    texts = [_report(study_name, study.about, study, out, variants, seeds, report_dir)]
+    for group, (title, members) in study.groups.items():
+        texts.append(_report(f"{study_name}_{group}", title, study, out, [v for v in members if v in variants],
+                             seeds, report_dir))
+    return "\n\n".join(texts)
+
+
+def _report(study_name: str, about: str, study: Study, out: Path, variants: list[str], seeds: list[int],
+            report_dir: Path) -> str:
     runs = collect(out, variants, seeds)
     runs = {v: r for v, r in runs.items() if r}
     if not runs:
         return "(no finished evaluations yet)"
     agg = aggregate(runs)
-    png = plot(agg, runs, report_dir / f"{study_name}.png", f"{study_name}: {study.about}".strip(": "))
+    png = plot(agg, runs, report_dir / f"{study_name}.png", f"{study_name}: {about}".strip(": "))
     text = "\n\n".join([
-        f"# Study `{study_name}`: {study.about}",
+        f"# Study `{study_name}`: {about}",
         f"Command: `python benchmarks/ablation.py --study {study_name} --seeds {' '.join(map(str, seeds))}` "
         f"({study.iters} steps per run, evaluated every {study.eval_every}; synthetic preset, one process and "
         f"one thread per run). Shared overrides: `{' '.join(study.base) or '-'}`.",
         "Variants: " + "; ".join(f"`{v}`: `{' '.join(study.variants.get(v, [])) or '-'}`" for v in runs),
         table(agg, step=study.iters), per_step_table(agg, "miou_ratio"), per_step_table(agg, "sfid"),
+        *([per_step_table(agg, "msssim")] if any(agg[v]["msssim"] for v in agg) else []),
         f"Plot: `{png.name}`",
     ])
     (report_dir / f"{study_name}.md").write_text(text + "\n")

@@ -70,3 +70,32 @@ def l1_reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error of the decoder's reconstruction of real images."""
     return (pred - target).abs().mean()
 
+
+
+def soft_labels(logits: torch.Tensor, extra_channel: bool = False) -> torch.Tensor:
+    """The segmenter's class probabilities ``N x C x H x W`` (softmax over the C classes; the reference's
+    extra channel 0, never a class, is left out): a soft label map the generator can take as input."""
+    return F.softmax(logits[:, 1:] if extra_channel else logits, dim=1)
+
+
+def l1_cycle_loss(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,
+                  extra_channel: bool = False) -> torch.Tensor:
+    """Table 3's configuration A: CycleGAN's L1 cycle loss with respect to the one-hot label map, in place
+    of the class-balanced cross entropy: ``sum_c |softmax(S(G(m)))_c - m_c|`` per pixel (in [0, 2]; with
+    C classes about 2 (C - 1) / C for a uniform prediction, the scale of a C-way CE), averaged over the
+    pixels that are not don't-care. No class balancing."""
+    probs = soft_labels(logits, extra_channel)
+    onehot = F.one_hot(labels, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    per_pixel = (probs - onehot).abs().sum(dim=1)
+    if dontcare is None:
+        return per_pixel.mean()
+    valid = (labels != dontcare).to(per_pixel.dtype)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def segmentation_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,
+                      extra_channel: bool = False) -> torch.Tensor:
+    """``L_seg`` of ``train.seg_loss``: ``ce`` (USIS, class-balanced cross entropy) or ``l1`` (Table 3, A)."""
+    if kind == "l1":
+        return l1_cycle_loss(logits, labels, dontcare, extra_channel)
+    return class_balanced_ce(logits, labels, dontcare, extra_channel)

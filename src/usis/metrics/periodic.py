@@ -11,6 +11,7 @@ from typing import Any
 from usis.config import Config
 from usis.data.synthetic import stack
 from usis.errors import PeriodicEvaluationWarning
+from usis.metrics.diversity import msssim_diversity
 from usis.metrics.fid import MetricsError, build_inception, compute_fid
 from usis.metrics.protocol import label_batches, parse_metrics, photo_batches, real_key
 from usis.metrics.synthetic_eval import SyntheticEvaluator
@@ -25,15 +26,34 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
     real = stack(val.photos, "image", n)
     state: dict[str, Any] = {}
 
+    diversity = "msssim" in parse_metrics(cfg.eval.metrics, cfg.data.kind)
+
     def evaluate(trainer) -> dict[str, float]:
         if "ev" not in state:
             state["ev"] = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width,
                                                            cache_dir=cfg.eval.cache_dir or None,
                                                            device=str(trainer.device))
         fake = trainer.generate(labels, range(EVAL_SEED, EVAL_SEED + len(labels)), batch_size=cfg.eval.batch_size)
-        return {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
+        out = {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
+        if diversity:
+            out["msssim"] = msssim_of(trainer, labels[:MSSSIM_MAPS])
+        return out
 
     return evaluate
+
+
+MSSSIM_MAPS, MSSSIM_SAMPLES = 10, 20  # the paper's 20 images per label map; its first 10 validation maps
+
+
+def msssim_of(trainer, labels) -> float:
+    """MS-SSIM diversity (:mod:`usis.metrics.diversity`) of the trainer's EMA generator: ``MSSSIM_SAMPLES``
+    images per label map with their own fixed seeds (the same at every evaluation)."""
+    seeds = iter(range(EVAL_SEED + 100_000, EVAL_SEED + 100_000 + len(labels) * MSSSIM_SAMPLES))
+
+    def generate(batch):
+        return trainer.generate(batch, [next(seeds) for _ in range(len(batch))], batch_size=MSSSIM_SAMPLES)
+
+    return msssim_diversity(generate, labels, n_samples=MSSSIM_SAMPLES, batch_size=MSSSIM_SAMPLES)
 
 
 

@@ -135,11 +135,12 @@ class ResDownBlock(nn.Module):
 
 
 class WholeDiscriminator(Pretrained):
-    """Whole-image StyleGAN2 residual discriminator without wavelets (Table 1: "whole D")."""
+    """Whole-image StyleGAN2 residual discriminator without wavelets (Table 1: "whole D"). ``in_channels``:
+    3 for images; C for the reverse cycle's label discriminator (class-probability maps)."""
 
     weights_name = "discriminator.safetensors"
 
-    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512):
+    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512, in_channels: int = 3):
         super().__init__()
         self.size = (height, width)
         size = 2 ** int(round(math.log2(max(height, width))))
@@ -147,7 +148,7 @@ class WholeDiscriminator(Pretrained):
         res = [size // 2**k for k in range(n)]
         cins = [swagan_channels(r, ch, max_ch) for r in res]
         couts = [swagan_channels(r // 2, ch, max_ch) for r in res]
-        self.from_rgb = ConvLayer(3, cins[0], 1)
+        self.from_rgb = ConvLayer(in_channels, cins[0], 1)
         self.blocks = nn.ModuleList(ResDownBlock(cins[k], couts[k]) for k in range(n))
         self.feature_channels = couts
         self.feature_strides = [2 ** (k + 1) for k in range(n)]

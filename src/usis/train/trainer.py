@@ -12,6 +12,9 @@ reference implementation trains it (docs/recipe.md; each switch below is a confi
    photos (``train.r1_mode=reference``; ``fused`` adds StyleGAN2's ``gamma/2 * R1 * r1_every`` instead).
 4. EMA update of G.
 
+Table 3's ablations are options: ``train.seg_loss=l1`` replaces ``L_seg`` by CycleGAN's L1 cycle loss, and
+``train.lambda_rev > 0`` adds the reverse cycle (photo -> S -> G -> photo, L1) with a label discriminator.
+
 Label maps ``m`` and photos ``x`` come from two independent streams: they never correspond.
 """
 
@@ -45,11 +48,12 @@ from usis.data import build_datasets
 from usis.data.unpaired import make_loaders
 from usis.errors import TrainingDiverged
 from usis.losses import (
-    class_balanced_ce,
     d_logistic_loss,
     g_nonsaturating_loss,
     l1_reconstruction,
     r1_penalty,
+    segmentation_loss,
+    soft_labels,
 )
 from usis.metrics.periodic import make_evaluator
 from usis.metrics.protocol import is_better
@@ -153,6 +157,8 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.nets.G.parameters(), lr=t.lr_g, **adam)
         self.opt_s = torch.optim.Adam(self.nets.S.parameters(), lr=t.lr_s, **adam)
         self.opt_d = torch.optim.Adam(d_params, lr=t.lr_d, **adam)
+        self.opt_dl = (torch.optim.Adam(self.nets.D_label.parameters(), lr=t.lr_d, **adam)
+                       if self.nets.D_label is not None else None)
         self.d_params = d_params
         self.g_and_s_params = list(self.nets.G.parameters()) + list(self.nets.S.parameters())
 
@@ -209,8 +215,8 @@ class Trainer:
 
     def _set_lr_factor(self, factor: float) -> None:
         t = self.cfg.train
-        for opt, base in ((self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d)):
-            for group in opt.param_groups:
+        for opt, base in ((self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d), (self.opt_dl, t.lr_d)):
+            for group in opt.param_groups if opt is not None else ():
                 group["lr"] = base * factor
 
     @property
@@ -250,18 +256,26 @@ class Trainer:
         # detached) with the same weights, so one forward of S serves both: the backward of the G loss also
         # yields lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
         share_s = t.lambda_seg > 0 and not t.fresh_fakes
+        reverse = self.nets.D_label is not None
         self._requires_grad(G, True)
         self._requires_grad(S, share_s)
         self._requires_grad(D, False)
+        self._requires_grad(self.nets.D_label, False)
         with self._autocast():
             fake = G(m)
-            loss_g_seg = class_balanced_ce(S(fake).float(), labels, self.dontcare, extra)
+            loss_g_seg = segmentation_loss(t.seg_loss, S(fake).float(), labels, self.dontcare, extra)
             loss_g_adv = g_nonsaturating_loss(D(fake).float())
             loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
+            if reverse:  # G's half of the reverse cycle: rebuild the photo from S's (fixed) reading of it
+                with torch.no_grad():
+                    m_real = soft_labels(S(photos).float(), extra)
+                loss_rev_g = l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
+                loss_g = loss_g + t.lambda_rev * loss_rev_g
+                out["loss_rev"] = loss_rev_g.item()
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
         loss_g.backward()
-        self.dist.average_gradients(self.g_and_s_params if share_s else G.parameters())
+        self.dist.average_gradients(self.g_and_s_params if share_s and not reverse else G.parameters())
         self.opt_g.step()
         fake = fake.detach()
 
@@ -275,13 +289,35 @@ class Trainer:
             self._requires_grad(S, True)
             fake_s = self._fresh_fake(m) if t.fresh_fakes else fake
             with self._autocast():
-                loss_s = class_balanced_ce(S(fake_s).float(), labels, self.dontcare, extra)
+                loss_s = segmentation_loss(t.seg_loss, S(fake_s).float(), labels, self.dontcare, extra)
             loss_s.backward()
+            if not reverse:
+                self.dist.average_gradients(S.parameters())
+        m_real = None
+        if reverse:  # S's half: read the photo so that G rebuilds it, and fool the label discriminator
+            self._requires_grad(G, False)
+            self._requires_grad(S, True)
+            with self._autocast():
+                m_real = soft_labels(S(photos).float(), extra)
+                loss_rev_s = t.lambda_rev * l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
+                loss_rev_s = loss_rev_s + g_nonsaturating_loss(self.nets.D_label(m_real).float())
+            loss_rev_s.backward()
             self.dist.average_gradients(S.parameters())
+            m_real = m_real.detach()
         self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
         out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake))
+        if m_real is not None:  # the reverse cycle's label discriminator: label-stream maps vs S's readings
+            DL = self.nets.D_label
+            self._requires_grad(DL, True)
+            with self._autocast():
+                loss_dl = d_logistic_loss(DL(m).float(), DL(m_real).float())
+            self.opt_dl.zero_grad(set_to_none=True)
+            loss_dl.backward()
+            self.dist.average_gradients(DL.parameters())
+            self.opt_dl.step()
+            out["loss_d_label"] = loss_dl.item()
 
         # 4. EMA of the generator
         update_ema(self.nets.G_ema, G, t.ema_decay, self.step, t.ema_warmup)
@@ -359,7 +395,8 @@ class Trainer:
             "best": dict(self.best),
             "rng": rng_state(),
             "loaders": self.loaders.state_dict(),
-            "optim": {"G": self.opt_g.state_dict(), "S": self.opt_s.state_dict(), "D": self.opt_d.state_dict()},
+            "optim": {"G": self.opt_g.state_dict(), "S": self.opt_s.state_dict(), "D": self.opt_d.state_dict(),
+                      **({"D_label": self.opt_dl.state_dict()} if self.opt_dl is not None else {})},
             "amp_scaler": None,  # bf16 autocast needs no loss scaling
         }
         for name, net in self.nets.named().items():
@@ -374,6 +411,8 @@ class Trainer:
         self.opt_g.load_state_dict(state["optim"]["G"])
         self.opt_s.load_state_dict(state["optim"]["S"])
         self.opt_d.load_state_dict(state["optim"]["D"])
+        if self.opt_dl is not None:
+            self.opt_dl.load_state_dict(state["optim"]["D_label"])
         self.loaders.load_state_dict(state["loaders"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
