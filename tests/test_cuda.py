@@ -23,9 +23,10 @@ CUDA_TINY = [*TINY, "data.width=128", "data.synthetic_train=16", "model.g_ch=4",
              "model.d_max_ch=32", "train.device=cuda"]
 
 
-def test_networks_agree_between_cpu_and_cuda():
+@pytest.mark.parametrize("g_type", ["spade", "wavelet"])
+def test_networks_agree_between_cpu_and_cuda(g_type):
     torch.manual_seed(0)
-    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY)
+    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY + [f"model.g_type={g_type}"])
     nets = build_networks(cfg)
     labels = torch.randint(0, cfg.data.num_classes, (2, 64, 128))
     onehot = torch.nn.functional.one_hot(labels, cfg.data.num_classes).permute(0, 3, 1, 2).float()
@@ -48,9 +49,10 @@ def test_haar_roundtrip_on_cuda():
     assert torch.allclose(iwt(y), x, atol=1e-5)
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_training_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, amp):
-    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY + [f"train.amp={str(amp).lower()}"])
+@pytest.mark.parametrize("amp,extra", [(False, []), (True, []), (False, ["model.g_type=wavelet", "model.g_ch=1"]),
+                                       (False, ["train.lambda_rev=10"])], ids=["fp32", "bf16", "wavelet_G", "reverse"])
+def test_training_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, amp, extra):
+    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY + [f"train.amp={str(amp).lower()}", *extra])
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     assert tr.device.type == "cuda"
     tr.fit(3, eval_at_start=False)
