@@ -31,9 +31,10 @@ def test_networks_agree_between_cpu_and_cuda(g_type):
     labels = torch.randint(0, cfg.data.num_classes, (2, 64, 128))
     onehot = torch.nn.functional.one_hot(labels, cfg.data.num_classes).permute(0, 3, 1, 2).float()
     z = torch.randn(2, cfg.model.z_dim)
+    noise = nets.G.sample_pixel_noise(2, 64, 128, generator=torch.Generator().manual_seed(1))  # the same on both
     x = torch.rand(2, 3, 64, 128) * 2 - 1
     with torch.no_grad():
-        for name, net, inp in (("G", nets.G, (onehot, z)), ("S", nets.S, (x,)), ("D", nets.D, (x,))):
+        for name, net, inp in (("G", nets.G, (onehot, z, noise)), ("S", nets.S, (x,)), ("D", nets.D, (x,))):
             net.eval()
             cpu = net(*inp)
             gpu = copy.deepcopy(net).cuda()(*(t.cuda() for t in inp)).cpu()
