@@ -15,7 +15,7 @@ python3 benchmarks/ablation.py "$@" --parallel "$parallel" --out "$runs" --repor
   > "$out/ablation.log" 2>&1 &
 pid=$!
 ( sleep "$secs"; echo "deadline: stopping the runs still going" >> "$out/ablation.log";
-  pkill -TERM -f "usis.cli train" ) &
+  pkill -TERM -P "$pid" ) &  # ablation.py's own runs only
 killer=$!
 start=$(date +%s)
 wait $pid

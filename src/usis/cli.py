@@ -160,6 +160,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- app
+
+
+def cmd_app(args) -> int:
+    from usis.app import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -235,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--msssim-maps", type=int, default=50, help="label maps used for MS-SSIM diversity")
     pe.add_argument("--msssim-samples", type=int, default=20, help="images per label map for MS-SSIM")
     pe.set_defaults(func=cmd_evaluate)
+
+    pa = sub.add_parser("app", help="paint label maps and turn them into images in a browser (pip install 'usis[app]')")
+    pa.add_argument("--checkpoint", default=None,
+                    help="training checkpoint (.pt), run folder or `usis export` folder (default: runs/demo)")
+    pa.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    pa.add_argument("--port", type=int, default=7860)
+    pa.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pa.set_defaults(func=cmd_app)
     return p
 
 
