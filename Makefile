@@ -38,6 +38,7 @@ lint: install
 
 demo: install
 	$(BIN)/python -m usis.demo --out $(DEMO_OUT) --started $(STARTED)
+	@echo "Paint label maps and generate images in a browser: $(BIN)/usis app --checkpoint $(DEMO_OUT), then open http://127.0.0.1:7860"
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py --preset synthetic --json

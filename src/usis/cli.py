@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--checkpoint", default=None,
                     help="training checkpoint (.pt), run folder or `usis export` folder (default: runs/demo)")
     pa.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    pa.add_argument("--port", type=int, default=7860)
+    pa.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     pa.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     pa.set_defaults(func=cmd_app)
     return p
