@@ -239,3 +239,14 @@ def test_info_gives_the_reference_size_at_its_run_script_config():
                            "model.g_ch=16", "--json").stdout)
     assert info["params"]["generator"] == 55_720_940
     assert info["config"]["model"]["g_type"] == "wavelet"
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("sn", [True, False])
+def test_the_spade_generators_options_apply(norm, sn):
+    G = small(norm=norm, spectral_norm=sn, noise_3d=False).eval()
+    assert G.z_dim == 0 and G.fc.in_channels == C  # no noise channels in the conditioning
+    m = onehot(2, 64, 128)
+    a = G(m)
+    assert a.shape == (2, 3, 64, 128) and torch.equal(a, G(m))  # without 3D noise: one image per label map
+    assert any(hasattr(mod, "weight_orig") for mod in G.modules()) == sn
