@@ -25,6 +25,19 @@ def tiny_cfg(*extra: str) -> C.Config:
     return C.apply_overrides(C.get_preset("synthetic"), TINY + list(extra))
 
 
+# The networks' unit tests: 5 classes at the four sizes the networks must take (64 and 256 high; 1:1 and 1:2).
+NET_SIZES = [(64, 64), (64, 128), (256, 256), (256, 512)]
+NET_CLASSES = 5
+
+
+def random_onehot(n: int, h: int, w: int, seed: int = 0, classes: int = NET_CLASSES) -> torch.Tensor:
+    """A seeded random label map as the generators take it (``n x classes x h x w`` one-hot)."""
+    from usis.nn.generator import one_hot_labels
+
+    g = torch.Generator().manual_seed(seed)
+    return one_hot_labels(torch.randint(0, classes, (n, h, w), generator=g), classes)
+
+
 def set_args(items) -> list[str]:
     """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
     return [a for s in items for a in ("--set", s)]

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import NET_CLASSES, NET_SIZES, random_onehot
 
 from usis.losses import (
     class_balanced_ce,
@@ -10,8 +11,7 @@ from usis.losses import (
 )
 from usis.nn import Decoder, Generator, Segmenter, build_discriminator, one_hot_labels
 
-SIZES = [(64, 64), (64, 128), (256, 256), (256, 512)]
-C = 5
+SIZES, C = NET_SIZES, NET_CLASSES
 
 
 def small_generator(**kw):
@@ -20,9 +20,7 @@ def small_generator(**kw):
     return Generator(C, **args)
 
 
-def onehot(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return one_hot_labels(torch.randint(0, C, (n, h, w), generator=g), C)
+onehot = random_onehot
 
 
 @pytest.mark.parametrize("h,w", SIZES)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, set_args, tiny_cfg
+from conftest import NET_CLASSES, NET_SIZES, TINY, random_onehot, set_args, tiny_cfg
 from PIL import Image
 
 from usis.nn import BaseGenerator, Generator, WaveletGenerator, one_hot_labels
@@ -16,8 +16,7 @@ from usis.nn.build import build_generator, build_networks
 from usis.nn.layers import converge_spectral_norm
 from usis.nn.wavelets import wavelet_upsample
 
-SIZES = [(64, 64), (64, 128), (256, 256), (256, 512)]
-C = 5
+SIZES, C = NET_SIZES, NET_CLASSES
 
 
 def small(**kw):
@@ -26,9 +25,7 @@ def small(**kw):
     return WaveletGenerator(C, **args)
 
 
-def onehot(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return one_hot_labels(torch.randint(0, C, (n, h, w), generator=g), C)
+onehot = random_onehot
 
 
 @pytest.mark.parametrize("h,w", SIZES)
