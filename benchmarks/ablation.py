@@ -206,7 +206,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(runs: dict[str, dict[int, dict[int, dict]]]) -> dict[str, dict[str, dict[int, tuple]]]:
-    """``variant -> metric -> step -> (mean, std, n)`` over the seeds that reached that step."""
+    """``variant -> metric -> step -> (mean, std, n)`` at the steps that every seed of the variant evaluated
+    (runs evaluated at other intervals or stopped early leave out the steps they lack: equal steps only)."""
     agg: dict[str, dict[str, dict[int, tuple]]] = {}
     for variant, seeds in runs.items():
         series = [run_series(rec) for rec in seeds.values()]
@@ -216,8 +217,15 @@ def aggregate(runs: dict[str, dict[int, dict[int, dict]]]) -> dict[str, dict[str
             agg[variant][metric] = {}
             for step in steps:
                 vals = [ser[metric][step] for ser in series if step in ser[metric]]
-                agg[variant][metric][step] = (*mean_std(vals), len(vals))
+                if len(vals) == len(series):
+                    agg[variant][metric][step] = (*mean_std(vals), len(vals))
     return agg
+
+
+def last_common_step(agg) -> int:
+    """The last step at which every variant has its mIoU ratio (0 if none)."""
+    common = set.intersection(*(set(agg[v]["miou_ratio"]) for v in agg)) if agg else set()
+    return max(common) if common else 0
 
 
 LABELS = {"miou_ratio": "mIoU / ceiling (higher is better)", "sfid": "sFID (lower is better)",
@@ -228,8 +236,7 @@ def table(agg, step: int | None = None) -> str:
     """Markdown: one row per variant at ``step`` (default: the last step all variants reached)."""
     metrics = [m for m in ("miou_ratio", "sfid", "sfid_ratio", "msssim") if any(agg[v][m] for v in agg)]
     if step is None:
-        common = set.intersection(*(set(agg[v]["miou_ratio"]) for v in agg)) if agg else set()
-        step = max(common) if common else 0
+        step = last_common_step(agg)
     head = "| variant | seeds | " + " | ".join(f"{LABELS[m]}" for m in metrics) + " |"
     lines = [f"At step {step} (mean +- std over seeds):", "", head, "|---|---:|" + "---:|" * len(metrics)]
     for v in agg:
@@ -313,7 +320,9 @@ def _report(study_name: str, about: str, study: Study, out: Path, variants: list
         f"({study.iters} steps per run, evaluated every {study.eval_every}; synthetic preset, one process and "
         f"one thread per run). Shared overrides: `{' '.join(study.base) or '-'}`.",
         "Variants: " + "; ".join(f"`{v}`: `{' '.join(study.variants.get(v, [])) or '-'}`" for v in runs),
-        table(agg, step=study.iters), per_step_table(agg, "miou_ratio"), per_step_table(agg, "sfid"),
+        table(agg, step=study.iters),
+        *([table(agg)] if last_common_step(agg) not in (study.iters, 0) else []),
+        per_step_table(agg, "miou_ratio"), per_step_table(agg, "sfid"),
         *([per_step_table(agg, "msssim")] if any(agg[v]["msssim"] for v in agg) else []),
         f"Plot: `{png.name}`",
     ])

@@ -95,3 +95,15 @@ def test_demo_stability_summarises_seed_curves(ablation, tmp_path):
     assert rows[0].startswith("| 2000 | 0.550, 0.200 | 0.450, 0.225 | 0.500 +- 0.071 |") and rows[0].endswith("| no |")
     assert rows[1].startswith("| 2250 | 0.600, 0.150 | 0.525, 0.175 |") and rows[1].endswith("| yes |")
     assert (tmp_path / "rep/demo_stability_t.png").stat().st_size > 0
+
+
+def test_only_steps_every_seed_evaluated_are_aggregated(ablation, tmp_path):
+    out = tmp_path / "study"
+    _write_run(out / "a" / "seed0", [_rec(0, 8, 4.0), _rec(50, 20, 2.0), _rec(100, 40, 1.0)])  # every 50 steps
+    _write_run(out / "a" / "seed1", [_rec(0, 8, 4.0), _rec(100, 48, 2.0)])  # every 100 steps
+    _write_run(out / "b" / "seed0", [_rec(0, 8, 4.0), _rec(50, 30, 1.0)])  # stopped early
+    agg = ablation.aggregate(ablation.collect(out, ["a", "b"], [0, 1]))
+    assert set(agg["a"]["miou_ratio"]) == {0, 100}  # step 50: one seed of two, left out
+    assert agg["a"]["miou_ratio"][100][2] == 2
+    assert ablation.last_common_step(agg) == 0  # b never reached 100, and a has step 50 for one seed only
+    assert "At step 0" in ablation.table(agg) and "| b | 0 | - |" in ablation.table(agg, step=100)
