@@ -395,10 +395,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.init={m.init!r}: choose reference (Xavier-normal, gain 0.02) or default (PyTorch's)")
     if t.r1_mode not in ("reference", "fused"):
         raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
-    if cfg.train.seg_loss not in ("ce", "l1"):
-        raise ConfigError(f"train.seg_loss={cfg.train.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
-    if cfg.train.lambda_rev < 0:
-        raise ConfigError(f"train.lambda_rev={cfg.train.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
+    if t.seg_loss not in ("ce", "l1"):
+        raise ConfigError(f"train.seg_loss={t.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
+    if t.lambda_rev < 0:
+        raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):
         raise ConfigError(f"model.g_type={m.g_type!r}: choose spade or wavelet")
     if m.d_type not in ("wavelet", "whole", "patch"):

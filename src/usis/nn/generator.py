@@ -189,13 +189,12 @@ class Generator(BaseGenerator):
             for i in range(len(widths) - 1)
         )
         self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
-        self.downscale = 2 ** (len(self.body) - 1)  # 32: latent size = output size / 32
-        assert self.downscale == self.SIZE_MULTIPLE
+        assert 2 ** (len(self.body) - 1) == self.SIZE_MULTIPLE  # five x2 upsamplings from the latent grid
 
     def synthesize(self, seg: torch.Tensor) -> torch.Tensor:
         h, w = seg.shape[-2:]
         segs = self.pyramid(seg, len(self.body) - 1)
-        x = self.fc(segs[(h // self.downscale, w // self.downscale)])
+        x = self.fc(segs[(h // self.SIZE_MULTIPLE, w // self.SIZE_MULTIPLE)])
         for i, block in enumerate(self.body):
             x = block(x, segs[tuple(x.shape[-2:])])
             if i < len(self.body) - 1:
