@@ -71,3 +71,24 @@ def test_training_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, amp, ex
     with torch.no_grad():
         img = G(onehot, torch.zeros(1, cfg.model.z_dim))
     assert img.shape == (1, 3, 64, 128) and torch.isfinite(img).all()
+
+
+def test_steady_state_training_steps_never_wait_for_the_gpu(tmp_path):
+    # issue 19: no host-device synchronisation inside Trainer.train_step (losses stay on the device; the
+    # divergence check reads them when the loop logs). set_sync_debug_mode("error") raises on any sync.
+    cfg = C.apply_overrides(C.get_preset("synthetic"), CUDA_TINY + ["train.channels_last=true", "train.amp=true"])
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    batches = [(tr.loaders.next_labels()["label"].cuda(), tr.loaders.next_photos()["image"].cuda())
+               for _ in range(6)]
+    for labels, photos in batches[:2]:  # warm-up: an R1 step and a plain one (r1_every=2)
+        tr.train_step(labels, photos)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for labels, photos in batches[2:]:
+            losses = tr.train_step(labels, photos)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(v.is_cuda for v in losses.values())
+    tr.divergence.observe(tr.step, losses)
+    assert tr.divergence.first_bad() is None

@@ -24,6 +24,8 @@ def save_atomic(obj: Any, path: str | os.PathLike, previous: str | os.PathLike |
 
     ``previous``: keep the file that ``path`` held until now under this name (a hard link, else a copy,
     renamed into place), so a good checkpoint survives the next save; ``path`` exists at every moment.
+    A full disk is a :class:`~usis.errors.DiskFullError` (``needed``: the larger of the state's size and
+    the file it replaces); ``path`` and ``previous`` are then as they were, and no temporary file is left.
     """
     path = Path(path)
 
@@ -34,10 +36,26 @@ def save_atomic(obj: Any, path: str | os.PathLike, previous: str | os.PathLike |
         try:
             os.link(path, keep)
         except OSError:  # no hard links on this file system
-            shutil.copyfile(path, keep)
+            try:
+                shutil.copyfile(path, keep)
+            except BaseException:  # a full disk part-way through the copy: previous stays as it was
+                keep.unlink(missing_ok=True)
+                raise
         os.replace(keep, previous)
 
-    atomic_write(path, lambda f: torch.save(obj, f), fsync=True, before_replace=rotate)
+    needed = max(state_nbytes(obj), path.stat().st_size if path.exists() else 0)
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True, before_replace=rotate, size_hint=needed)
+
+
+def state_nbytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) state: about the size of its ``torch.save`` file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
 
 
 def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:

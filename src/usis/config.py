@@ -127,8 +127,19 @@ class TrainConfig:
     ema_bn_batches: int = 4  # batches used to refresh the EMA generator's BN statistics
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Speed switches (usis.train.speed; each measured in benchmarks/RESULTS.md, "Speed switches"):
+    # amp: bf16 autocast on CUDA (no effect on a CPU). channels_last: networks and batches in NHWC.
+    # compile: torch.compile of the networks' forwards (the lazy R1 step runs eager; double backward is
+    # not supported by compile). cudnn_benchmark: let cuDNN pick the fastest kernels for the fixed shapes.
     amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend: inductor (fused kernels) | aot_eager (no codegen)
+    cudnn_benchmark: bool = True
     log_every: int = 10
+    # stderr not a terminal (a log file, nohup, a job log): a plain progress line every this many seconds
+    # instead of tqdm's carriage-return redraws (usis.train.progress); <= 0: a line every step
+    log_interval_s: float = 30.0
     sample_every: int = 1000
     eval_every: int = 5000  # >0: every N steps plus start and end; 0: start and end only; <0: never
     ckpt_every: int = 1000
@@ -137,6 +148,10 @@ class TrainConfig:
     # batch_size is the global batch, split evenly over them. 0 = auto: 1 on CUDA; on a CPU one per core
     # (a divisor of batch_size). Ignored under torchrun (its WORLD_SIZE rules).
     nproc: int = 1
+    # Data parallel (train.nproc or torchrun): seconds a collective waits for the other processes before the
+    # run ends (a process that hung or a machine that vanished; a killed process ends the run at once);
+    # the waits while rank 0 evaluates or saves alone allow an hour.
+    dist_timeout: float = 120.0
     max_seconds: float = 0.0  # stop training (then save and evaluate) after this wall time; 0 -> no limit
     # Linear learning-rate decay to 0 over the end of the run (pix2pix / SPADE's "niter_decay"): all three
     # learning rates are constant up to this fraction of the run and reach 0 at its end. 1.0 -> constant
@@ -401,5 +416,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):
         raise ConfigError(f"model.g_type={m.g_type!r}: choose spade or wavelet")
+    if t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
+        raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose inductor, aot_eager, eager or cudagraphs")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

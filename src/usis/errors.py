@@ -53,6 +53,21 @@ class EvaluateError(GenerateError):
     """An evaluation request that cannot be served as given."""
 
 
+class DiskFullError(UsisError, OSError):
+    """A write failed because the disk (``ENOSPC``) or the user's quota (``EDQUOT``) is full; the file it was
+    replacing is unchanged and no partial file is left. ``path``: the file; ``free`` / ``needed``: bytes
+    free in its folder and (an estimate of) bytes it needed, ``None`` if unknown; ``errno``: the cause."""
+
+    def __init__(self, message: str, path=None, free: int | None = None, needed: int | None = None,
+                 errno: int | None = None):
+        super().__init__(message)
+        self.path, self.free, self.needed = path, free, needed
+        self.errno = errno
+
+    def __reduce__(self):  # whole across processes (a data-parallel worker hands it to the launcher)
+        return type(self), (str(self), self.path, self.free, self.needed, self.errno)
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf; the run stopped before saving anything non-finite. Not a :class:`UsisError`:
     the trainer catches it and ``usis train`` exits with its own status, 3."""
@@ -68,6 +83,10 @@ class PeriodicEvaluationWarning(UsisWarning):
 
 class DataWarning(UsisWarning):
     """The data work, but not as the user may expect (no validation split, skipped files, ...)."""
+
+
+class DiskFullWarning(UsisWarning):
+    """A sample grid or log line was not written because the disk is full; training goes on."""
 
 
 def warn(message: str, category: type[UsisWarning] = UsisWarning) -> None:

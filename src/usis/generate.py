@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from usis.nn.noise import seeded_noise
 from usis.nn.pretrained import CONFIG_NAME, load_state, read_weights
 from usis.utils.images import colorize as colorize_labels
 from usis.utils.images import save_image
+from usis.utils.io import disk_full_cause, disk_full_error
 
 EXPORT_WEIGHTS = BaseGenerator.weights_name  # generator.safetensors
 EXPORT_CONFIG = CONFIG_NAME  # config.json
@@ -275,13 +276,17 @@ def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir
                             "rename one")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    jobs = list(_jobs(files, root, n, seed))
+    left = len(jobs) + (len(files) if colorize else 0)  # files still to write (the estimate of a full disk)
+    done: list[Path] = []
     if colorize:
         _, palette = label_set(gen.cfg)
         for f, stem in zip(files, stems, strict=True):
             path = out / f"{stem}_label.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colorize_labels(maps[f], palette)).save(path)
-    jobs = list(_jobs(files, root, n, seed))
+            _write(lambda p, f=f: Image.fromarray(colorize_labels(maps[f], palette)).save(p), path, done, left,
+                   3 * height * width)
+            left -= 1
     written: list[Path] = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i:i + batch_size]
@@ -289,6 +294,27 @@ def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir
         images = generate_images(gen.G, lab, [s for _, _, s in chunk], local_style, batch_size)
         for (_, stem, s), img in zip(chunk, images, strict=True):
             path = out / f"{stem}_seed{s}.png"
-            save_image(img, path)
+            _write(lambda p, img=img: save_image(img, p), path, done, left, 3 * height * width)
+            left -= 1
             written.append(path)
     return written
+
+
+def _write(save: Callable[[Path], object], path: Path, done: list[Path], left: int, raw_size: int) -> None:
+    """``save(path)`` and add ``path`` to ``done``. On a full disk no partial file is left, and the
+    :class:`~usis.errors.DiskFullError` says how much space the ``left`` files still to write need (their
+    mean size so far, else ``raw_size`` bytes each) and how many were written."""
+    existed = path.exists()
+    try:
+        save(path)
+    except Exception as e:
+        if not existed:
+            path.unlink(missing_ok=True)
+        if disk_full_cause(e) is None:
+            raise
+        sizes = [q.stat().st_size for q in done[-32:] if q.exists()]
+        each = sum(sizes) / len(sizes) if sizes else raw_size
+        raise disk_full_error(e, path, int(each * left), f" for the {left} file(s) still to write",
+                              hint=f"{len(done)} file(s) were written before it; free some space there or choose "
+                                   "another --out") from e
+    done.append(path)

@@ -16,16 +16,18 @@ def class_balance_weights(labels: torch.Tensor, num_classes: int, dontcare: int 
     ``K`` the number of classes present (don't-care excluded), as in the official code. Classes absent
     from the batch and the don't-care id get weight 0. Returns a float tensor of length ``num_classes``.
     """
-    counts = torch.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].to(torch.float32)
+    # sync-free on a GPU: no bincount (its length depends on the ids' maximum), no boolean indexing, no branch
+    # on a device value -- the same numbers as P / (K * P_c) on the classes present, 0 elsewhere
+    flat = labels.reshape(-1)
+    counts = torch.zeros(num_classes, dtype=torch.int64, device=labels.device)
+    counts = counts.scatter_add_(0, flat, torch.ones_like(flat)).to(torch.float32)
     if dontcare is not None:
         counts[dontcare] = 0.0
     present = counts > 0
-    k = present.sum()
+    k = present.sum().to(torch.float32)
     total = float(labels.numel())
-    weights = torch.zeros(num_classes, dtype=torch.float32, device=labels.device)
-    if k > 0:
-        weights[present] = total / (k.to(torch.float32) * counts[present])
-    return weights
+    weights = total / (k.clamp(min=1.0) * counts.clamp(min=1.0))
+    return torch.where(present, weights, torch.zeros_like(weights))
 
 
 def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,

@@ -20,8 +20,20 @@ WIDTHS = (16, 16, 16, 8, 4, 2, 1)
 
 
 def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``N x H x W`` int64 class ids -> ``N x C x H x W`` one-hot, the generator's input."""
-    return F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(dtype)
+    """``N x H x W`` int64 class ids -> ``N x C x H x W`` one-hot (contiguous NCHW), the generator's input.
+
+    A scatter rather than ``F.one_hot``, whose range check reads the ids' minimum and maximum back from
+    the device (a host-device synchronisation in every training step on a GPU). On a CPU the ids are
+    still checked here; on a GPU the data checks (``usis data check`` and the loaders) vouch for them."""
+    if labels.device.type == "cpu" and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"class ids must be in [0, {num_classes}), got ids from {int(labels.min())} to "
+                         f"{int(labels.max())}")
+    out = torch.zeros(labels.shape[0], num_classes, *labels.shape[1:], dtype=dtype, device=labels.device)
+    return out.scatter_(1, labels.unsqueeze(1), 1.0)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class SPADEResBlock(nn.Module):
@@ -125,6 +137,8 @@ class BaseGenerator(Pretrained):
                 raise ValueError(f"pixel noise must have shape ({n}, {self.pixel_noise}, {h}, {w}), "
                                  f"got {tuple(noise.shape)}")
             seg = torch.cat((seg, noise.to(seg.dtype)), dim=1)
+        if _channels_last(label_onehot):  # every SPADE layer convolves it: in the networks' memory format
+            seg = seg.contiguous(memory_format=torch.channels_last)
         return seg
 
     @staticmethod

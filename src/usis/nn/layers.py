@@ -91,11 +91,8 @@ class Blur(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
         p0, p1 = self.pad
-        x = F.pad(x, (p0, p1, p0, p1))
-        w = self.kernel.to(x.dtype).expand(c, 1, *self.kernel.shape)
-        return F.conv2d(x, w, stride=self.stride, groups=c)
+        return _depthwise_blur(F.pad(x, (p0, p1, p0, p1)), self.kernel, self.stride)
 
 
 class EqualConv2d(nn.Module):
@@ -154,11 +151,34 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+def _depthwise_blur(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+    """The same 2-D FIR ``kernel`` on every channel of ``x`` (no padding).
+
+    Computed as ONE single-channel convolution over the ``N * C`` planes rather than a grouped convolution
+    with ``C`` groups: the same sums, but the double backward of the lazy R1 step (which differentiates
+    through this filter) then runs one convolution instead of one per group.
+    """
+    n, c, h, w = x.shape
+    planes = x.reshape(n * c, 1, h, w)
+    out = F.conv2d(planes, kernel.to(device=x.device, dtype=x.dtype)[None, None], stride=stride)
+    out = out.reshape(n, c, *out.shape[-2:])
+    return out.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else out
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+
+
+_KERNELS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
 def blur_downsample(x: torch.Tensor) -> torch.Tensor:
     """Anti-aliased x2 downsampling with the ``[1, 3, 3, 1]`` filter (StyleGAN2's Downsample)."""
-    c = x.shape[1]
-    w = _blur_kernel().to(device=x.device, dtype=x.dtype).expand(c, 1, 4, 4)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, groups=c)
+    key = (x.device, x.dtype)
+    if key not in _KERNELS:  # made once per device: a copy to the GPU at every call would wait for it
+        _KERNELS[key] = _blur_kernel().to(device=x.device, dtype=x.dtype)
+    return _depthwise_blur(F.pad(x, (1, 1, 1, 1)), _KERNELS[key], stride=2)
 
 
 def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:

@@ -17,10 +17,15 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int, warmup
     decay is ``decay`` from the first step.
     """
     d = min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm.detach(), 1.0 - d)
-    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-        be.copy_(bm)
+    # one foreach op for all parameters and one for all buffers (a loop costs two ops per tensor)
+    pe, pm = list(ema.parameters()), list(model.parameters())
+    be, bm = list(ema.buffers()), list(model.buffers())
+    if len(pe) != len(pm) or len(be) != len(bm):
+        raise ValueError("the EMA copy and the model have different parameters or buffers")
+    if pe:
+        torch._foreach_lerp_(pe, pm, 1.0 - d)
+    if be:
+        torch._foreach_copy_(be, bm)
 
 
 @torch.no_grad()

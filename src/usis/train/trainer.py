@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -32,7 +33,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from usis.checkpoint import (
     CHECKPOINT_VERSION,
@@ -46,7 +46,7 @@ from usis.checkpoint import (
 from usis.config import Config, ConfigError
 from usis.data import build_datasets
 from usis.data.unpaired import make_loaders
-from usis.errors import TrainingDiverged
+from usis.errors import DiskFullError, TrainingDiverged
 from usis.losses import (
     d_logistic_loss,
     g_nonsaturating_loss,
@@ -63,8 +63,11 @@ from usis.nn.noise import seeded_noise
 from usis.train.distributed import Dist, cpu_cores
 from usis.train.ema import refresh_batchnorm, update_ema
 from usis.train.logging import RunLog
+from usis.train.progress import progress_bar
+from usis.train.speed import DivergenceCheck, Speed
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize_tensor, save_grid
+from usis.utils.io import disk_full_reason, format_size
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -148,6 +151,9 @@ class Trainer:
             net.to(self.device)
         self.dist.broadcast_modules(self.nets.named().values())
         t = cfg.train
+        # memory format, autocast, compiled forwards, cuDNN autotuning: set here, once (usis.train.speed)
+        self.speed = Speed(t, self.nets, self.device)
+        self.divergence = DivergenceCheck()
         betas = (t.beta1, t.beta2)
         d_params = list(self.nets.D.parameters())
         if self.nets.decoder is not None:  # the decoder trains with D (the reference forgot this)
@@ -231,10 +237,6 @@ class Trainer:
     def world_size(self) -> int:
         return self.dist.world_size
 
-    def _autocast(self):
-        enabled = self.cfg.train.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     @staticmethod
     def _requires_grad(net: nn.Module | None, flag: bool) -> None:
         if net is not None:
@@ -242,13 +244,18 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- the step
 
-    def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, float]:
-        """One USIS iteration on a label batch ``m`` (N x H x W ids) and an UNRELATED photo batch ``x``."""
-        G, S, D = self.nets.G, self.nets.S, self.nets.D
+    def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One USIS iteration on a label batch ``m`` (N x H x W ids) and an UNRELATED photo batch ``x``.
+
+        Returns the step's losses as 0-d tensors on the device (reading them waits for the device: the
+        loop does so only when it logs). The networks are called through ``self.speed.fwd`` (compiled or
+        not) and their parameters through ``self.nets``."""
+        G, S, D = self.speed.fwd.G, self.speed.fwd.S, self.speed.fwd.D
         t = self.cfg.train
         extra = self.cfg.model.s_extra_channel
-        m = one_hot_labels(labels, self.num_classes)
-        out: dict[str, float] = {}
+        m = self.speed.batch(one_hot_labels(labels, self.num_classes))
+        photos = self.speed.batch(photos)
+        out: dict[str, torch.Tensor] = {}
 
         # 1. generator: fool D and keep every class recognisable for S.
         # 2. segmenter: learn to segment the generated images (never the real photos).
@@ -257,11 +264,11 @@ class Trainer:
         # yields lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
         share_s = t.lambda_seg > 0 and not t.fresh_fakes
         reverse = self.nets.D_label is not None
-        self._requires_grad(G, True)
-        self._requires_grad(S, share_s)
-        self._requires_grad(D, False)
+        self._requires_grad(self.nets.G, True)
+        self._requires_grad(self.nets.S, share_s)
+        self._requires_grad(self.nets.D, False)
         self._requires_grad(self.nets.D_label, False)
-        with self._autocast():
+        with self.speed.autocast():
             fake = G(m)
             loss_g_seg = segmentation_loss(t.seg_loss, S(fake).float(), labels, self.dontcare, extra)
             loss_g_adv = g_nonsaturating_loss(D(fake).float())
@@ -271,69 +278,69 @@ class Trainer:
                     m_real = soft_labels(S(photos).float(), extra)
                 loss_rev_g = l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
                 loss_g = loss_g + t.lambda_rev * loss_rev_g
-                out["loss_rev"] = loss_rev_g.item()
+                out["loss_rev"] = loss_rev_g.detach()
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
         loss_g.backward()
-        self.dist.average_gradients(self.g_and_s_params if share_s and not reverse else G.parameters())
+        self.dist.average_gradients(self.g_and_s_params if share_s and not reverse else self.nets.G.parameters())
         self.opt_g.step()
         fake = fake.detach()
 
         if share_s:
             loss_s = loss_g_seg
             if t.lambda_seg != 1:
-                for p in S.parameters():
-                    if p.grad is not None:
-                        p.grad.div_(t.lambda_seg)
+                grads = [p.grad for p in self.nets.S.parameters() if p.grad is not None]
+                if grads:
+                    torch._foreach_div_(grads, t.lambda_seg)
         else:
-            self._requires_grad(S, True)
+            self._requires_grad(self.nets.S, True)
             fake_s = self._fresh_fake(m) if t.fresh_fakes else fake
-            with self._autocast():
+            with self.speed.autocast():
                 loss_s = segmentation_loss(t.seg_loss, S(fake_s).float(), labels, self.dontcare, extra)
             loss_s.backward()
             if not reverse:
-                self.dist.average_gradients(S.parameters())
+                self.dist.average_gradients(self.nets.S.parameters())
         m_real = None
         if reverse:  # S's half: read the photo so that G rebuilds it, and fool the label discriminator
-            self._requires_grad(G, False)
-            self._requires_grad(S, True)
-            with self._autocast():
+            self._requires_grad(self.nets.G, False)
+            self._requires_grad(self.nets.S, True)
+            with self.speed.autocast():
                 m_real = soft_labels(S(photos).float(), extra)
                 loss_rev_s = t.lambda_rev * l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
-                loss_rev_s = loss_rev_s + g_nonsaturating_loss(self.nets.D_label(m_real).float())
+                loss_rev_s = loss_rev_s + g_nonsaturating_loss(self.speed.fwd.D_label(m_real).float())
             loss_rev_s.backward()
-            self.dist.average_gradients(S.parameters())
+            self.dist.average_gradients(self.nets.S.parameters())
             m_real = m_real.detach()
         self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
         out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake))
         if m_real is not None:  # the reverse cycle's label discriminator: label-stream maps vs S's readings
-            DL = self.nets.D_label
-            self._requires_grad(DL, True)
-            with self._autocast():
+            DL = self.speed.fwd.D_label
+            self._requires_grad(self.nets.D_label, True)
+            with self.speed.autocast():
                 loss_dl = d_logistic_loss(DL(m).float(), DL(m_real).float())
             self.opt_dl.zero_grad(set_to_none=True)
             loss_dl.backward()
-            self.dist.average_gradients(DL.parameters())
+            self.dist.average_gradients(self.nets.D_label.parameters())
             self.opt_dl.step()
-            out["loss_d_label"] = loss_dl.item()
+            out["loss_d_label"] = loss_dl.detach()
 
         # 4. EMA of the generator
-        update_ema(self.nets.G_ema, G, t.ema_decay, self.step, t.ema_warmup)
+        update_ema(self.nets.G_ema, self.nets.G, t.ema_decay, self.step, t.ema_warmup)
         self.step += 1
 
-        out.update(loss_g=loss_g.item(), loss_g_seg=loss_g_seg.item(), loss_g_adv=loss_g_adv.item(),
-                   loss_s=loss_s.item())
+        out.update(loss_g=loss_g.detach(), loss_g_seg=loss_g_seg.detach(), loss_g_adv=loss_g_adv.detach(),
+                   loss_s=loss_s.detach())
         return out
 
     @torch.no_grad()
     def _fresh_fake(self, m: torch.Tensor) -> torch.Tensor:
         """A new fake batch for the label maps ``m``: new noise, G as it is now (after its update)."""
-        with self._autocast():
-            return self.nets.G(m)
+        with self.speed.autocast():
+            return self.speed.fwd.G(m)
 
-    def d_step(self, photos: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    def d_step(self, photos: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch.
 
         ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``; how the lazy R1 penalty
@@ -343,27 +350,28 @@ class Trainer:
           ``r1_gamma * R1`` alone (the reference's train.py).
         * ``fused``: one step on ``L_D + (r1_gamma / 2) * R1 * r1_every`` on R1 steps, ``L_D`` otherwise.
         """
-        D, dec = self.nets.D, self.nets.decoder
+        D, dec = self.speed.fwd.D, self.speed.fwd.decoder
         t = self.cfg.train
-        self._requires_grad(D, True)
-        self._requires_grad(dec, True)
+        self._requires_grad(self.nets.D, True)
+        self._requires_grad(self.nets.decoder, True)
         lazy = t.r1_every > 0 and t.r1_gamma > 0 and self.step % t.r1_every == 0
         fused_r1 = lazy and t.r1_mode == "fused"
-        out: dict[str, float] = {}
+        out: dict[str, torch.Tensor] = {}
         real = photos.detach().requires_grad_(fused_r1)
-        with self._autocast():
-            real_logits, feats = D(real, return_features=True)
+        with self.speed.autocast():
+            # R1 differentiates D's gradient (double backward): that pass runs eager, never compiled
+            real_logits, feats = (self.speed.eager.D if fused_r1 else D)(real, return_features=True)
             fake_logits = D(fake)
             loss_d_adv = d_logistic_loss(real_logits.float(), fake_logits.float())
             loss_d = loss_d_adv
             if dec is not None:
                 loss_rec = l1_reconstruction(dec(feats).float(), photos)
                 loss_d = loss_d + t.lambda_rec * loss_rec
-                out["loss_rec"] = loss_rec.item()
+                out["loss_rec"] = loss_rec.detach()
         if fused_r1:
             r1 = r1_penalty(real_logits.float(), real)
             loss_d = loss_d + (t.r1_gamma / 2) * r1 * t.r1_every
-            out["r1"] = r1.item()
+            out["r1"] = r1.detach()
         elif t.r1_mode == "reference" and t.r1_every > 0:
             loss_d = t.r1_every * loss_d
         self.opt_d.zero_grad(set_to_none=True)
@@ -372,15 +380,15 @@ class Trainer:
         self.opt_d.step()
         if lazy and t.r1_mode == "reference":
             real = photos.detach().requires_grad_(True)
-            with self._autocast():
-                r1 = r1_penalty(D(real).float(), real)
+            with self.speed.autocast():
+                r1 = r1_penalty(self.speed.eager.D(real).float(), real)
             self.opt_d.zero_grad(set_to_none=True)
             (t.r1_gamma * r1).backward()
             self.dist.average_gradients(self.d_params)
             self.opt_d.step()
-            out["r1"] = r1.item()
-        out.update(loss_d=loss_d_adv.item(), d_real=real_logits.detach().float().mean().item(),
-                   d_fake=fake_logits.detach().float().mean().item())
+            out["r1"] = r1.detach()
+        out.update(loss_d=loss_d_adv.detach(), d_real=real_logits.detach().float().mean(),
+                   d_fake=fake_logits.detach().float().mean())
         return out
 
     # ------------------------------------------------------------------------------------ state
@@ -433,8 +441,13 @@ class Trainer:
     def save(self, name: str = "latest") -> Path:
         """Write the whole state; the EMA generator is saved with freshly computed BN statistics, so a
         checkpoint is ready for ``usis generate`` / ``export`` as it is. Every rank calls it (a data-parallel
-        run also stores each rank's RNG state, so that ``--resume`` continues exactly); rank 0 writes."""
+        run also stores each rank's RNG state, so that ``--resume`` continues exactly); rank 0 writes.
+
+        A full disk ends the run on every rank at this save with a :class:`~usis.errors.DiskFullError` (the
+        folder, the space free and needed, the resume command); the checkpoints on disk stay as they were."""
         path = checkpoint_path(self.out, name)
+        failed: DiskFullError | None = None
+        self._agree()  # a non-finite loss since the last read ends the run here, before anything is written
         if self.dist.any(not self._weights_finite())[0]:
             raise TrainingDiverged(f"training diverged by step {self.step}: the weights hold NaN or inf values; "
                                    f"{name}.pt was not written")
@@ -446,8 +459,27 @@ class Trainer:
             if rngs is not None:
                 state["rng_ranks"] = rngs
             # latest.pt: the one it replaces stays as previous.pt (a second good checkpoint to go back to)
-            save_atomic(state, path, previous=path.with_name("previous.pt") if name == "latest" else None)
+            try:
+                save_atomic(state, path, previous=path.with_name("previous.pt") if name == "latest" else None)
+            except DiskFullError as e:
+                failed = DiskFullError(self._disk_full_message(e, path), path, e.free, e.needed, e.errno)
+        if self.dist.enabled:  # every rank stops at this save: none is left waiting in a collective
+            failed = self.dist.broadcast_object(failed)
+        if failed is not None:
+            failed.every_rank = True  # train_process may end this process cleanly: no rank goes on
+            raise failed
         return path
+
+    def _disk_full_message(self, e: DiskFullError, path: Path) -> str:
+        """One line for a checkpoint save that met a full disk: where, how much space, what to do."""
+        kept = [p.name for p in (checkpoint_path(self.out), checkpoint_path(self.out, "previous")) if p.exists()]
+        if checkpoint_path(self.out).exists():
+            todo = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} unchanged; free some space there and "
+                    f"continue the run with: usis train --out {shlex.quote(str(self.out))} --resume")
+        else:
+            todo = "no checkpoint of this run was written yet; free some space there and start it again"
+        return (f"disk full while saving checkpoint {path.name} in {path.parent} ({disk_full_reason(e.errno)}): "
+                f"{format_size(e.free)} free, a checkpoint needs about {format_size(e.needed)}; {todo}")
 
     @torch.no_grad()
     def _weights_finite(self) -> bool:
@@ -528,7 +560,15 @@ class Trainer:
             cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
         cols.append(photos[: len(labels)])
         path = self.out / "samples" / f"step_{self.step:07d}.png"
-        grid = save_grid(cols, path)
+        existed = path.exists()
+        try:
+            grid = save_grid(cols, path)
+        except Exception as e:  # noqa: BLE001 - re-raised unless the disk is full
+            if not existed:
+                path.unlink(missing_ok=True)  # no torn PNG
+            if not self.log.skip_full_disk(e, "sample grids", path.parent):  # a full disk: warn once, train on
+                raise
+            return None
         self.log.image("samples", grid, self.step)
         return path
 
@@ -602,6 +642,22 @@ class Trainer:
         self.log.flush()
         return summary
 
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Read the losses since the last read (one synchronisation with the device) and agree over the ranks
+        on ``flags`` (OR-ed); raise :class:`TrainingDiverged` on every rank if any rank saw a non-finite loss.
+        The step named is the first non-finite one."""
+        bad = self.divergence.first_bad()
+        *agreed, diverged = self.dist.any(*flags, bad is not None)
+        if diverged:
+            where = "on another process" if bad is None else f"at step {bad[0]}"
+            shown = "" if bad is None else " (" + ", ".join(
+                f"{k}={v:.4g}" for k, v in bad[1].items() if k.startswith(("loss", "r1"))) + ")"
+            raise TrainingDiverged(
+                f"training diverged {where}: a loss is NaN or inf{shown}; nothing from that step on was saved. "
+                f"Lower the learning rates (train.lr_g, train.lr_d, train.lr_s) and resume from the last good "
+                f"checkpoint in {self.out / 'checkpoints'}")
+        return agreed
+
     def _fit(self, total: int, eval_at_start: bool, deadline: float | None, summary: dict[str, Any]) -> None:
         t = self.cfg.train
         if eval_at_start and self.step == 0:
@@ -611,8 +667,9 @@ class Trainer:
         if deadline:
             left = self.train_seconds + max(0.0, deadline - time.time())
             budget = left if budget is None else min(budget, left)
-        bar = tqdm(total=total, initial=self.step, disable=not (self.progress and self.is_main),
-                   dynamic_ncols=True, desc="usis", file=sys.stderr)
+        # a bar in a terminal; plain lines every train.log_interval_s in a log file (usis.train.progress)
+        bar = progress_bar(total=total, initial=self.step, enabled=self.progress and self.is_main,
+                           interval_s=t.log_interval_s)
         s0, seconds0 = self.step, self.train_seconds
         last_t = self.clock()
         # closing: a divergence raised mid-loop must not leave the progress bar half drawn
@@ -622,22 +679,24 @@ class Trainer:
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
                 if t.lr_decay_from < 1.0:
                     self._set_lr_factor(self.lr_factor(total, budget))
-                last = self.train_step(labels, photos)
+                losses = self.train_step(labels, photos)  # on the device: nothing here waits for it
+                self.divergence.observe(self.step, losses)
                 now = self.clock()
                 self.train_seconds += now - last_t
                 last_t = now
-                # every rank must leave the loop at the same step (a stop, the budget or a NaN on any rank)
-                bad = not all(math.isfinite(v) for v in last.values())
-                stop_now, time_up, diverged = self.dist.any(
-                    stop.requested, budget is not None and self.train_seconds >= budget, bad)
-                if diverged:
-                    shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("loss", "r1")))
-                    raise TrainingDiverged(
-                        f"training diverged at step {self.step}: a loss is NaN or inf ({shown}); nothing from this "
-                        f"step on was saved. Lower the learning rates (train.lr_g, train.lr_d, train.lr_s) and "
-                        f"resume from the last good checkpoint in {self.out / 'checkpoints'}")
+                logs = self.step % t.log_every == 0 or self.step == total
+                saves = bool(t.ckpt_every and self.step % t.ckpt_every == 0)
+                # The losses are read (one synchronisation) only when logged and before a checkpoint is written,
+                # and that is when the ranks agree to stop (a stop or the time budget on any rank) or that the run
+                # diverged: a data-parallel step then has two collectives (G's and D's gradients), not three, and
+                # a stop or the budget ends it within log_every steps. One process checks its flags every step.
+                stop_now = time_up = False
+                if logs or saves or not self.dist.enabled:
+                    flags = (stop.requested, budget is not None and self.train_seconds >= budget)
+                    stop_now, time_up = self._agree(*flags) if logs or saves else flags
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == total:
+                if logs:
+                    last = {k: float(v) for k, v in losses.items()}
                     rate = (self.step - s0) / max(self.train_seconds - seconds0, 1e-9)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k in ("loss_g_seg", "loss_g_adv",
                                                                                       "loss_s", "loss_d")})
@@ -648,7 +707,7 @@ class Trainer:
                     self.sample_grid()
                 if t.eval_every > 0 and self.step % t.eval_every == 0 and self.step < total:
                     self.run_evaluation()
-                if t.ckpt_every and self.step % t.ckpt_every == 0:
+                if saves:
                     self.save("latest")
                 if stop_now:
                     summary["interrupted"] = True
@@ -681,4 +740,12 @@ def train_process(dist: Dist | None, cfg: Config, out_dir: str | Path, resume: s
         trainer.resume(resume)
         if dist.is_main:
             print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
-    return trainer.fit(cfg.train.iters, deadline=deadline)
+    try:
+        return trainer.fit(cfg.train.iters, deadline=deadline)
+    except DiskFullError as e:
+        # a checkpoint save met a full disk, on every rank at once (Trainer.save): hand the error back as the
+        # result, so that a data-parallel worker ends cleanly; usis.train.run.train raises it on rank 0
+        if not getattr(e, "every_rank", False):
+            raise
+        trainer.log.flush()
+        return {"step": trainer.step, "interrupted": True, "disk_full": e}
