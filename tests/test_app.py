@@ -1,12 +1,19 @@
 """``usis app`` without a browser: painting (canvas -> ids, fill), starting maps, uploads, generating with
-seeds and per-region styles, downloads, the page's handlers and their messages, and the command."""
+seeds and per-region styles, downloads, the page's handlers and their messages, the command, and the app on
+a shared server (a login beyond the loopback address, upload limits, bounded download folders, concurrent
+clients and the queue's wait estimate; served on 127.0.0.1 only)."""
 
 import copy
 import dataclasses
+import os
 import socket
+import struct
 import sys
+import threading
+import time
 import urllib.request
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -15,19 +22,23 @@ from conftest import TINY, set_args
 from PIL import Image
 
 from usis.app import (
+    AUTH_ENV,
     LabelApp,
     Shot,
+    app_credentials,
     block_mode,
     canvas_to_ids,
     check_map_size,
     color_tolerance,
     distinct_palette,
     flood_fill,
+    is_loopback,
     resolve_checkpoint,
+    serve,
 )
 from usis.cli import main
 from usis.data.palette import CITYSCAPES
-from usis.errors import CheckpointError, GenerateError, UsisError
+from usis.errors import CheckpointError, ConfigError, GenerateError, UsisError, UsisWarning
 from usis.utils.images import to_uint8
 
 # The demo's shape (64x128: the editor shows it 4x enlarged) with tiny networks and per-pixel noise.
@@ -45,6 +56,14 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(run):
     return LabelApp.from_checkpoint(run, device="cpu")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG file with a grayscale ``width x height`` header and no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
 
 
 def _scene(app) -> np.ndarray:
@@ -171,9 +190,12 @@ def test_uploads_of_ids_and_of_palette_colours(app, tmp_path):
     ("photo", "match no colour of this model's palette"),
     ("stray", r"3 pixels have colours that are not in this model's palette \(#0c0c0c\)"),
     ("ids", r"label ids \{10, 40\} are outside \[0, 10\)"),
-    ("tiny", "from 8 to 8192 pixels a side"),
+    ("tiny", "from 8 to 4096 pixels a side"),
     ("strip", "far from this model's 64x128 shape"),
     ("broken", "cannot read image"),
+    ("huge", r"the label map is 8000x8000 pixels: label maps from 8 to 4096 pixels a side and up to 4.2 mega"),
+    ("megapixels", r"the label map is 2400x4000 pixels: .* up to 4.2 megapixels"),
+    ("bomb", "over 179 megapixels"),
 ])
 def test_bad_uploads_get_one_clear_message(app, tmp_path, case, message):
     path = tmp_path / f"{case}.png"
@@ -191,10 +213,13 @@ def test_bad_uploads_get_one_clear_message(app, tmp_path, case, message):
         Image.fromarray(np.zeros((4, 8), np.uint8), mode="L").save(path)
     elif case == "strip":
         Image.fromarray(np.zeros((16, 1024), np.uint8), mode="L").save(path)
+    elif case in ("huge", "megapixels", "bomb"):  # headers only: decoding them would fail ("cannot read image")
+        path.write_bytes(_png_header(*{"huge": (8000, 8000), "megapixels": (4000, 2400), "bomb": (20000, 20000)}[case]))
     else:
         path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(UsisError, match=message):
+    with pytest.raises(UsisError, match=message) as e:
         app.read_upload(path)
+    assert str(e.value).split(": ")[0].endswith(path.name)  # the message names the file
 
 
 def test_check_map_size():
@@ -205,6 +230,10 @@ def test_check_map_size():
         check_map_size(7, 14, (64, 128))
     with pytest.raises(GenerateError):
         check_map_size(9000, 9000, (256, 256))
+    check_map_size(2048, 2048, (256, 256))
+    check_map_size(1024, 4096, (256, 512))
+    with pytest.raises(GenerateError, match="4.2 megapixels"):  # each side fits, the pixels do not
+        check_map_size(3000, 3000, (256, 256))
 
 
 # ---------------------------------------------------------------------------------------- generating
@@ -358,3 +387,225 @@ def test_app_finds_the_demo_run_and_needs_gradio(run, tmp_path, monkeypatch, cap
     monkeypatch.setitem(sys.modules, "gradio", None)  # not installed
     assert main(["app", "--port", "1"]) == 2
     assert "usis app needs Gradio: pip install 'usis[app]'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- on a shared server
+
+
+def test_only_the_loopback_address_is_this_machine_only():
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "LOCALHOST", "::1", "[::1]", "app.localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", "192.168.1.5", "10.0.0.1", "lab-server", "localhost.example.org"):
+        assert not is_loopback(host), host
+
+
+def test_serving_beyond_the_loopback_address_needs_a_login_or_open(tmp_path, monkeypatch):
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    assert app_credentials("127.0.0.1") is None and app_credentials("localhost") is None
+    for host in ("0.0.0.0", "::", "192.168.1.5"):
+        with pytest.raises(ConfigError, match=f"--host {host} serves the app to the network without a login"):
+            app_credentials(host)
+    assert app_credentials("0.0.0.0", open_network=True) is None
+    assert app_credentials("0.0.0.0", auth="alice:pa:ss word") == [("alice", "pa:ss word")]  # the first colon
+    assert app_credentials("127.0.0.1", auth="alice:x") == [("alice", "x")]  # a login on loopback too
+    # a file: a line per user, comments and blank lines skipped
+    f = tmp_path / "logins"
+    f.write_text("# the lab\nalice:s3cret\n\n  bob:hunter2  \n")
+    f.chmod(0o600)
+    assert app_credentials("0.0.0.0", auth_file=f) == [("alice", "s3cret"), ("bob", "hunter2")]
+    f.chmod(0o644)
+    with pytest.warns(UsisWarning, match="can be read by other users of this machine: chmod 600"):
+        app_credentials("0.0.0.0", auth_file=f)
+    # the environment (not in the shell history); --auth and --auth-file come first
+    assert app_credentials("0.0.0.0", environ={AUTH_ENV: "carol:pw"}) == [("carol", "pw")]
+    assert app_credentials("0.0.0.0", auth="dan:pw", environ={AUTH_ENV: "carol:pw"}) == [("dan", "pw")]
+    # bad logins: the message names where it came from, never the text (a password)
+    for kwargs, where in [({"auth": "alice"}, "--auth"), ({"auth": ":pw"}, "--auth"), ({"auth": "alice:"}, "--auth"),
+                          ({"environ": {AUTH_ENV: "s3cret"}}, f"\\${AUTH_ENV}")]:
+        with pytest.raises(ConfigError, match=f"^{where}: expected USER:PASSWORD") as e:
+            app_credentials("0.0.0.0", **kwargs)
+        assert "s3cret" not in str(e.value) and "alice" not in str(e.value)
+    f.write_text("alice:ok\ns3cret\n")
+    f.chmod(0o600)
+    with pytest.raises(ConfigError, match="logins line 2: expected USER:PASSWORD") as e:
+        app_credentials("0.0.0.0", auth_file=f)
+    assert "s3cret" not in str(e.value)
+    f.write_text("# nobody yet\n")
+    with pytest.raises(ConfigError, match="no USER:PASSWORD line"):
+        app_credentials("0.0.0.0", auth_file=f)
+    with pytest.raises(ConfigError, match="missing: cannot read it"):
+        app_credentials("0.0.0.0", auth_file=tmp_path / "missing")
+
+
+def test_the_command_refuses_the_network_without_a_login(run, monkeypatch, capsys):
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    monkeypatch.setattr(LabelApp, "from_checkpoint", lambda *a, **k: pytest.fail("the model was loaded"))
+    t0 = time.perf_counter()
+    assert main(["app", "--checkpoint", str(run), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --host 0.0.0.0 serves the app to the network without "
+                                                   "a login: give it one with --auth-file FILE")
+    assert "USIS_APP_AUTH=USER:PASSWORD" in err and "--open" in err and "Traceback" not in err
+    assert time.perf_counter() - t0 < 5  # at once: before the model
+    assert main(["app", "--checkpoint", str(run), "--host", "0.0.0.0", "--auth", "s3cret"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --auth: expected USER:PASSWORD (a user name, a colon, a password; neither empty)\n"
+    with pytest.raises(SystemExit):  # one login source at a time
+        main(["app", "--auth", "a:b", "--auth-file", "f"])
+
+
+def test_uploads_over_the_limits_get_a_message_in_the_page(app, tmp_path):
+    gr = pytest.importorskip("gradio")
+    demo = app.build()
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(8000, 8000))  # 8000x8000 in its header: refused before decoding
+    out = _handler(demo, "on_upload")(str(huge))
+    assert out[:3] == (gr.skip(),) * 3
+    assert out[3].startswith("error: huge.png: the label map is 8000x8000 pixels: label maps from 8 to 4096 "
+                             "pixels a side")
+    # bytes: Gradio refuses uploads over max_upload_bytes; read_upload checks them too
+    small = LabelApp(app.pipe, max_upload_bytes=1000)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 10, (64, 128), dtype=np.uint8), mode="L").save(big)
+    assert big.stat().st_size > 1000
+    out = _handler(small.build(), "on_upload")(str(big))
+    assert out[3].startswith("error: big.png: ") and "uploads up to 0.977 KB are accepted" in out[3]
+
+
+def test_the_download_folder_stays_bounded(app):
+    pytest.importorskip("gradio")
+    bounded = LabelApp(app.pipe, keep=3)
+    generate = _handler(bounded.build(), "on_generate")
+    base = _scene(bounded)
+    canvas = bounded.editor_value(base)
+    kept = []
+    for k in range(12):
+        files = generate(canvas, base, 2, 10 * k, False)[4]
+        kept.append(files)
+        folders = [p for p in bounded.tmp_dir.iterdir()]
+        assert len(folders) == min(k + 1, 3), folders
+        assert all(os.path.exists(f) for f in files)  # the newest generation's files are there
+    assert sum(len(files) for _, _, files in os.walk(bounded.tmp_dir)) == 3 * 5
+    assert not any(os.path.exists(f) for f in kept[-4])  # the older ones are gone
+    assert LabelApp(app.pipe, keep=1, concurrency=2).keep == 3  # never one Gradio has not copied yet
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_login_page_and_two_clients_each_getting_their_own_images(run, app, tmp_path, capsys):
+    """Served as ``usis app --auth-file`` serves it, two generations at once: two clients (two sessions) that
+    generate at the same time get the images of their own label map and seeds, as made directly."""
+    pytest.importorskip("gradio")
+    httpx = pytest.importorskip("httpx")
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AuthenticationError
+
+    logins = tmp_path / "logins"
+    logins.write_text("alice:s3cret\n")
+    logins.chmod(0o600)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    demo = serve(run, host="127.0.0.1", port=port, device="cpu", block=False, auth_file=logins, concurrency=2)
+    try:
+        assert f"open http://127.0.0.1:{port} (login: alice)" in capsys.readouterr().err
+        # the page asks for the login; only the right password opens it
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and '"auth_required":true' in page.text.replace(" ", "")
+        assert httpx.get(url + "config", timeout=30).status_code == 401
+        assert httpx.post(url + "login", data={"username": "alice", "password": "wrong"}, timeout=30).status_code >= 400
+        with httpx.Client(timeout=30) as s:
+            assert s.post(url + "login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+            assert s.get(url + "config").status_code == 200
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+
+        maps = {"a": _scene(app), "b": np.where(_scene(app) == 1, 4, _scene(app))}  # b: trees for sky
+        maps["b"][:, :20] = 7
+        results: dict[str, list] = {"a": [], "b": []}
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def client(name: str, first_seeds: list[int]):
+            try:
+                c = Client(url, auth=("alice", "s3cret"), verbose=False, download_files=str(tmp_path / name))
+                composite = tmp_path / f"{name}.png"
+                Image.fromarray(app.render(maps[name])).save(composite)
+                canvas = {"background": handle_file(str(composite)), "layers": [],
+                          "composite": handle_file(str(composite)), "id": None}
+                start.wait(timeout=60)
+                for first in first_seeds:
+                    results[name].append((first, c.predict(canvas, 3, first, False, "all images",
+                                                           api_name="/on_generate")))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=("a", [0, 50])),
+                   threading.Thread(target=client, args=("b", [3, 49]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        for name, runs in results.items():
+            assert len(runs) == 2
+            for first, (_, gallery, _, files, status) in runs:
+                gallery = gallery["value"] if isinstance(gallery, dict) else gallery  # a gr.update
+                shots = app.shots(first, 3)
+                expected = app.generate(maps[name], shots)
+                assert [g["caption"] for g in gallery] == [f"seed {s.seed}" for s in shots], (name, first)
+                for g, im in zip(gallery, expected, strict=True):
+                    assert np.array_equal(np.asarray(Image.open(g["image"]).convert("RGB")), np.asarray(im)), \
+                        (name, first, g["caption"])
+                label_ids = next(f for f in files if f.endswith("label_ids.png"))
+                assert np.array_equal(np.asarray(Image.open(label_ids)), maps[name]), (name, first)
+                assert f"seeds {first}..{first + 2}" in status
+    finally:
+        demo.close()
+
+
+def test_the_queue_says_how_long_the_wait_is(app, tmp_path, monkeypatch):
+    """One generation at a time: requests that wait are told their place in the queue and the time left
+    (estimated from the start, before any request has finished). And Gradio refuses uploads over the limit."""
+    pytest.importorskip("gradio")
+    httpx = pytest.importorskip("httpx")
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    served = LabelApp(app.pipe, max_upload_bytes=100_000)
+    port = _free_port()
+    demo = served.launch("127.0.0.1", port, block=False)
+    try:
+        upload = f"http://127.0.0.1:{port}/gradio_api/upload"
+        refused = httpx.post(upload, files={"files": ("big.png", b"\0" * 150_000)}, timeout=30)
+        assert refused.status_code == 413 and "maximum allowed size of 100000 bytes" in refused.text
+        assert httpx.post(upload, files={"files": ("ok.png", b"\0" * 50_000)}, timeout=30).status_code == 200
+        model_fns = [f for f in demo.fns.values() if f.concurrency_id == "model"]
+        assert sorted(f.name for f in model_fns) == ["on_generate", "on_new_styles", "on_restyle"]
+        assert all(f.concurrency_limit == 1 for f in model_fns)
+        generate, gate = served.generate, threading.Event()  # no request finishes before the gate opens
+        monkeypatch.setattr(served, "generate", lambda *a, **k: (gate.wait(120), generate(*a, **k))[1])
+        Image.fromarray(served.render(_scene(served))).save(tmp_path / "map.png")
+        canvas = {"background": handle_file(str(tmp_path / "map.png")), "layers": [],
+                  "composite": handle_file(str(tmp_path / "map.png")), "id": None}
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(3)]
+        jobs = [c.submit(canvas, 1, 0, False, "all images", api_name="/on_generate") for c in clients]
+        seen = []  # what the waiting requests are told before any request finished: (place, queue length, seconds)
+        deadline = time.time() + 90
+        try:
+            while not any(rank == 1 for rank, _, _ in seen) and time.time() < deadline:  # one runs, two wait
+                for j in jobs:
+                    st = j.status()
+                    if st.code == Status.IN_QUEUE:
+                        seen.append((st.rank, st.queue_size, st.eta))
+                time.sleep(0.05)
+        finally:
+            gate.set()
+        assert [j.result(timeout=60)[-1].startswith("1 images, seeds 0..0") for j in jobs] == [True] * 3
+        assert any(rank == 1 and size == 2 for rank, size, _ in seen), seen  # "queue: 2/2"
+        assert all(eta is not None and eta > 0 for _, _, eta in seen), seen  # and the time left
+    finally:
+        demo.close()

@@ -1,6 +1,7 @@
-"""``usis app`` end to end in a real headless browser: the command serves the page, a brush stroke in the
-editor reaches the model, Generate shows images whose seeds differ, and a bad upload gets a message in the
-page, not a traceback.
+"""``usis app`` end to end in a real headless browser: the command serves the page behind a login
+(``--auth-file``; a wrong password is refused), a brush stroke in the editor reaches the model, Generate shows
+images whose seeds differ, and bad uploads (a photo; a map over the pixel limit) get a message in the page,
+not a traceback.
 
 Needs Chromium and its driver from the system (Debian: ``apt-get install chromium chromium-driver``; or set
 ``USIS_CHROMIUM`` / ``USIS_CHROMEDRIVER``), Selenium and Gradio (``pip install -e '.[test]'``); nothing is
@@ -18,10 +19,12 @@ import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ CHROMIUM = os.environ.get("USIS_CHROMIUM") or shutil.which("chromium") or shutil
 CHROMEDRIVER = os.environ.get("USIS_CHROMEDRIVER") or shutil.which("chromedriver") or ""
 TREE = (107, 142, 35)  # the synthetic palette's tree colour (class 4)
 WAIT = 120  # seconds for the page and each step on a slow, shared CPU
+USER, PASSWORD = "alice", "s3cret"
 
 
 def _skip_without_browser():
@@ -69,10 +73,13 @@ def server(tmp_path_factory):
                      *set_args(TINY + ["data.width=128", "model.pixel_noise=2"])]) == 0
         ckpt = str(out)
     port = _free_port()
-    log = tmp_path_factory.mktemp("browser_log") / "app.log"
+    folder = tmp_path_factory.mktemp("browser_log")
+    log, logins = folder / "app.log", folder / "logins"
+    logins.write_text(f"{USER}:{PASSWORD}\n")
+    logins.chmod(0o600)
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "usis.cli", "app", "--checkpoint", ckpt, "--port", str(port),
-                                 "--device", "cpu"], stdout=f, stderr=subprocess.STDOUT,
+                                 "--device", "cpu", "--auth-file", str(logins)], stdout=f, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -111,16 +118,37 @@ def browser(monkeypatch):
     driver.quit()
 
 
-def _fetch(url: str) -> Image.Image:
-    with urllib.request.urlopen(url, timeout=30) as r:
+def _fetch(url: str, driver) -> Image.Image:
+    """An image the page shows, fetched with the browser's login cookies."""
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=30) as r:
         return Image.open(io.BytesIO(r.read()))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG file with a grayscale ``width x height`` header and no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def _log_in(d, wait, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    user = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input:not([type=password])"))[0]
+    secret = d.find_element(By.CSS_SELECTOR, "input[type=password]")
+    for box, text in ((user, USER), (secret, password)):
+        box.clear()
+        box.send_keys(text)
+    next(b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip().lower() == "login").click()
 
 
 def _count(img: Image.Image, rgb) -> int:
     return int((np.asarray(img.convert("RGB")) == rgb).all(-1).sum())
 
 
-def test_paint_generate_and_a_bad_upload_in_a_browser(server, browser, tmp_path):
+def test_log_in_paint_generate_and_bad_uploads_in_a_browser(server, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -130,9 +158,15 @@ def test_paint_generate_and_a_bad_upload_in_a_browser(server, browser, tmp_path)
     d = browser
     wait = WebDriverWait(d, WAIT)
     d.get(url)
+    # the login page: the editor is not there until the right password is given
+    _log_in(d, wait, "wrong")
+    wait.until(lambda d: "incorrect" in d.find_element(By.TAG_NAME, "body").text.lower())
+    assert not d.find_elements(By.ID, "usis-editor")
+    d.save_screenshot(str(tmp_path / "login.png"))
+    _log_in(d, wait, PASSWORD)
     canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#usis-editor canvas"))[-1]
     preview = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#usis-preview img"))
-    trees_before = _count(_fetch(preview.get_attribute("src")), TREE)
+    trees_before = _count(_fetch(preview.get_attribute("src"), d), TREE)
     status = d.find_element(By.CSS_SELECTOR, "#usis-status textarea")
 
     # pick the class "tree" (the brush takes its colour), then paint a stroke across the upper half
@@ -155,20 +189,20 @@ def test_paint_generate_and_a_bad_upload_in_a_browser(server, browser, tmp_path)
     assert len(images) == 4, status.get_attribute("value")
     gallery_text = d.find_element(By.ID, "usis-gallery").text
     assert all(f"seed {k}" in gallery_text for k in range(4))
-    pixels = [np.asarray(_fetch(i.get_attribute("src")).convert("RGB")).astype(int) for i in images]
+    pixels = [np.asarray(_fetch(i.get_attribute("src"), d).convert("RGB")).astype(int) for i in images]
     h, w = pixels[0].shape[:2]
     assert all(p.shape == (h, w, 3) for p in pixels) and w == 2 * h  # the model's 64x128 (or 256x512)
     assert np.abs(pixels[0] - pixels[1]).mean() > 0.5  # two seeds, two images
     assert all(p.std() > 0 for p in pixels)
 
     # the stroke reached the model: the map it saw (preview and the label_ids.png download) has more tree
-    seen = _fetch(d.find_element(By.CSS_SELECTOR, "#usis-preview img").get_attribute("src"))
+    seen = _fetch(d.find_element(By.CSS_SELECTOR, "#usis-preview img").get_attribute("src"), d)
     trees_after, scale = _count(seen, TREE), seen.size[0] // w
     assert trees_after > trees_before + 100 * scale**2, (trees_before, trees_after)
     links = {a.get_attribute("href").rsplit("/", 1)[-1]: a.get_attribute("href")
              for a in d.find_elements(By.CSS_SELECTOR, "#usis-files a") if a.get_attribute("href")}
     assert {"label_ids.png", "label_color.png", "usis_app.zip"} <= set(links), links
-    ids = np.asarray(_fetch(links["label_ids.png"]))
+    ids = np.asarray(_fetch(links["label_ids.png"], d))
     assert ids.shape == (h, w) and (ids == 4).sum() * scale**2 == trees_after
 
     shot = tmp_path / "app.png"
@@ -186,6 +220,14 @@ def test_paint_generate_and_a_bad_upload_in_a_browser(server, browser, tmp_path)
     d.find_element(By.CSS_SELECTOR, "input[type=file][data-testid$='upload-button']").send_keys(str(photo))
     wait.until(lambda d: status.get_attribute("value").startswith("error:"))
     assert "photo.png" in status.get_attribute("value") and "palette" in status.get_attribute("value")
+
+    # a map over the pixel limit (8000x8000 in its header; the app decodes none of it): a message in the page
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(8000, 8000))
+    d.find_element(By.CSS_SELECTOR, "input[type=file][data-testid$='upload-button']").send_keys(str(huge))
+    wait.until(lambda d: "8000x8000" in status.get_attribute("value"))
+    assert status.get_attribute("value").startswith("error: huge.png: the label map is 8000x8000 pixels: label "
+                                                    "maps from 8 to 4096 pixels a side")
     assert "Traceback" not in d.page_source and "Traceback" not in log.read_text()
 
     # everything the page loaded came from the app itself

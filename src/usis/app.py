@@ -17,18 +17,33 @@ two closest palette colours, at most 40); otherwise (the anti-aliased rim of a s
 colours) it keeps its previous class. Each ``scale x scale`` block then becomes one pixel of the model's
 map: the class most of its pixels have.
 
+On a shared server. Serving beyond the loopback address needs a login (:func:`app_credentials`: ``--auth``,
+``--auth-file`` or ``$USIS_APP_AUTH``; Gradio's login page) or ``--open``. Uploads are limited in bytes (Gradio
+refuses larger ones) and in pixels (:func:`check_map_size`, read from the header before anything is decoded).
+Each generation writes its downloads into a folder of its own; only the newest ``keep`` folders stay (Gradio
+serves its own copies of them). Generations wait in Gradio's queue (``concurrency`` at a time: one model),
+which shows each request its place and the time left; every request's map and seeds travel with the request
+(the page's per-session state), and the noise comes from per-image generators, never a shared RNG.
+
 Everything except :meth:`LabelApp.build` (and :func:`serve`) works without Gradio; Gradio is imported
 only there, so ``import usis.app`` works without the ``app`` extra.
 """
 
+import collections
 import functools
 import io
+import ipaddress
 import os
 import random
+import shutil
+import socket
+import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +57,7 @@ from scipy import ndimage
 from usis.checkpoint import find_checkpoint
 from usis.data.datasets import open_image, resolve_layout
 from usis.data.synthetic import make_layout
-from usis.errors import CheckpointError, GenerateError, UsisError
+from usis.errors import CheckpointError, ConfigError, GenerateError, UsisError, UsisWarning
 from usis.generate import ids_outside, image_label_ids, read_label_map, resize_nearest
 from usis.nn.generator import one_hot_labels
 from usis.nn.noise import noise_vector, seeded_noise, style_map
@@ -56,8 +71,14 @@ NEEDS_GRADIO = "usis app needs Gradio: pip install 'usis[app]' (in this reposito
 MAX_TOL = 40.0  # nearest-palette-colour distance (RGB) beyond which a painted pixel keeps its class
 CHANGED = 8  # a canvas pixel differs from the map under it when a channel differs by more than this
 UPLOAD_TOL = 12.0  # an uploaded colour map's pixel matches a palette colour within this RGB distance
-MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 8192, 4.0  # the label-map sizes an upload may have
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 4096, 4.0  # the label-map sizes an upload may have
+MAX_PIXELS = 2048 * 2048  # and its pixels: a colour map's palette match peaks at ~48 bytes a pixel (200 MB)
+MAX_UPLOAD_BYTES = 16 * 2**20  # Gradio refuses larger uploads; a MAX_PIXELS label PNG is far smaller
+KEEP_GENERATIONS = 16  # download folders kept (Gradio serves its own copies; these are only its sources)
+MAX_QUEUE = 64  # requests waiting at most; one more is told that the queue is full
+AUTH_ENV = "USIS_APP_AUTH"  # USER:PASSWORD, for a login that is not in the shell history
 MAX_IMAGES = 8
+DEFAULT_IMAGES = 4  # the Images slider's start
 ALL = "all images"
 EDITOR_HEIGHT, PREVIEW_HEIGHT = 420, 240
 CSS = (".usis-legend{display:flex;flex-wrap:wrap;gap:4px 12px;font-size:0.9em}"
@@ -174,14 +195,31 @@ def flood_fill(ids: np.ndarray, row: int, col: int, class_id: int) -> np.ndarray
 def check_map_size(height: int, width: int, size: tuple[int, int]) -> None:
     """Raise :class:`GenerateError` for a label map the model cannot take (it resizes any other)."""
     mh, mw = size
-    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
+    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
         raise GenerateError(f"the label map is {height}x{width} pixels: label maps from {MIN_SIDE} to {MAX_SIDE} "
-                            f"pixels a side are accepted (this model makes {mh}x{mw} images)")
+                            f"pixels a side and up to {MAX_PIXELS / 1e6:.1f} megapixels (e.g. 2048x2048, "
+                            f"1024x4096) are accepted; this model makes {mh}x{mw} images, so resize the map "
+                            "first (nearest neighbour, which keeps the class ids)")
     ratio = (width / height) / (mw / mh)
     if ratio > MAX_ASPECT or ratio < 1 / MAX_ASPECT:
         raise GenerateError(f"the label map is {height}x{width} pixels (height x width), far from this model's "
                             f"{mh}x{mw} shape (aspect ratio off by more than {MAX_ASPECT:g}x): crop it to about "
                             f"{mh}:{mw} (height:width) first")
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from an image file's header (PIL decodes no pixels for it), or None when PIL cannot
+    read the header (:func:`usis.data.datasets.open_image` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            with Image.open(path) as img:
+                return img.size[1], img.size[0]
+    except Image.DecompressionBombError:
+        raise GenerateError(f"{Path(path).name}: the image has over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                            f"megapixels: label maps up to {MAX_PIXELS / 1e6:.1f} megapixels are accepted") from None
+    except Exception:  # noqa: BLE001 - not an image PIL knows: open_image gives the message
+        return None
 
 
 def color_map_ids(rgb: np.ndarray, colors: np.ndarray, names, name: str = "upload") -> np.ndarray:
@@ -224,7 +262,10 @@ class Shot:
 class LabelApp:
     """The app's state-free logic around a :class:`~usis.pipeline.USISPipeline` (what the page calls)."""
 
-    def __init__(self, pipe: USISPipeline, scale: int | None = None):
+    def __init__(self, pipe: USISPipeline, scale: int | None = None, keep: int = KEEP_GENERATIONS,
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, concurrency: int = 1):
+        """``keep``: the download folders of the newest ``keep`` generations stay on disk; ``max_upload_bytes``:
+        the largest upload; ``concurrency``: generations that run at once (the others wait in the queue)."""
         self.pipe = pipe
         self.names = list(pipe.class_names)
         self.colors = distinct_palette(pipe.palette)
@@ -239,13 +280,21 @@ class LabelApp:
                                   f"{self.num_classes} classes")
         dontcare = pipe.config.data.dontcare
         self.default_class = next((k for k in range(self.num_classes) if k != dontcare), 0)
+        if int(keep) < 1 or int(concurrency) < 1:
+            raise ConfigError(f"keep={keep}, concurrency={concurrency}: both must be at least 1")
+        self.max_upload_bytes, self.concurrency = int(max_upload_bytes), int(concurrency)
+        self.keep = max(int(keep), self.concurrency + 1)  # a folder is gone only after Gradio copied its files
         self._tmp = tempfile.TemporaryDirectory(prefix="usis-app-")
+        self.tmp_dir = Path(self._tmp.name)  # one folder per generation under it, the newest `keep` kept
+        self._folders: collections.deque[Path] = collections.deque()
+        self._folders_lock = threading.Lock()  # requests save from several threads
         self._val_paths: list[str] | None = None
         self._val_problem = ""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto") -> "LabelApp":
-        return cls(USISPipeline.from_pretrained(resolve_checkpoint(path), device=device))
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto", **kwargs) -> "LabelApp":
+        """The app for a checkpoint, run folder or export folder; ``kwargs``: :class:`LabelApp`'s options."""
+        return cls(USISPipeline.from_pretrained(resolve_checkpoint(path), device=device), **kwargs)
 
     # ------------------------------------------------------------------------------ starting maps
 
@@ -277,10 +326,23 @@ class LabelApp:
     def read_upload(self, path: str | Path) -> tuple[np.ndarray, str]:
         """An uploaded label image (class ids, or the palette's colours) as model-size ids, and a note."""
         name = Path(path).name
-        with open_image(str(path)) as img:
-            img.load()
+        try:
+            nbytes = os.path.getsize(path)
+        except OSError:
+            nbytes = 0  # open_image names the problem
+        if nbytes > self.max_upload_bytes:
+            raise GenerateError(f"{name}: {_size(nbytes)}; uploads up to {_size(self.max_upload_bytes)} are "
+                                "accepted (a label map PNG is usually far smaller)")
+        shape = header_size(path)
+        try:
+            if shape is not None:  # refused before a pixel is decoded
+                check_map_size(*shape, self.size)
+            img = open_image(str(path))  # decodes
+            check_map_size(img.size[1], img.size[0], self.size)
+        except GenerateError as e:
+            raise GenerateError(e if str(e).startswith(f"{name}:") else f"{name}: {e}") from None
+        with img:
             width, height = img.size
-            check_map_size(height, width, self.size)
             rgb = np.asarray(img.convert("RGB")) if img.mode in ("RGB", "RGBA") else None
             if rgb is not None and not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
                 ids, how = color_map_ids(rgb, self.colors, self.names, name), "palette colours"
@@ -391,23 +453,37 @@ class LabelApp:
 
     def save(self, ids: np.ndarray, images: list[Image.Image], shots: list[Shot]) -> list[Path]:
         """Write the images, the label map (ids and colours) and a zip of them; returns the paths."""
-        folder = Path(tempfile.mkdtemp(dir=self._tmp.name))
-        ids_img = Image.fromarray(ids.astype(np.uint8), mode="L") if self.num_classes <= 256 else \
-            Image.fromarray(ids.astype(np.int32), mode="I")
-        paths = [folder / "label_ids.png", folder / "label_color.png"]
-        ids_img.save(paths[0])
-        Image.fromarray(colorize(ids, [tuple(c) for c in self.colors])).save(paths[1])
-        for img, shot in zip(images, shots, strict=True):
-            regions = "".join(f"_c{c}s{s}" for c, s in shot.regions)
-            paths.append(folder / f"image_seed{shot.seed}{regions}.png")
-            img.save(paths[-1])
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for p in paths:
-                z.write(p, p.name)
-        paths.append(folder / "usis_app.zip")
-        paths[-1].write_bytes(buf.getvalue())
+        folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))  # this request's own folder
+        try:
+            ids_img = Image.fromarray(ids.astype(np.uint8), mode="L") if self.num_classes <= 256 else \
+                Image.fromarray(ids.astype(np.int32), mode="I")
+            paths = [folder / "label_ids.png", folder / "label_color.png"]
+            ids_img.save(paths[0])
+            Image.fromarray(colorize(ids, [tuple(c) for c in self.colors])).save(paths[1])
+            for img, shot in zip(images, shots, strict=True):
+                regions = "".join(f"_c{c}s{s}" for c, s in shot.regions)
+                paths.append(folder / f"image_seed{shot.seed}{regions}.png")
+                img.save(paths[-1])
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for p in paths:
+                    z.write(p, p.name)
+            paths.append(folder / "usis_app.zip")
+            paths[-1].write_bytes(buf.getvalue())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._keep_newest(folder)
         return paths
+
+    def _keep_newest(self, folder: Path) -> None:
+        """Remember ``folder`` and delete the folders of generations older than the newest :attr:`keep`
+        (Gradio has copied their files into its own cache by then: the page's links stay valid)."""
+        with self._folders_lock:
+            self._folders.append(folder)
+            old = [self._folders.popleft() for _ in range(len(self._folders) - self.keep)]
+        for f in old:
+            shutil.rmtree(f, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------- page
 
@@ -452,7 +528,9 @@ class LabelApp:
             return wrap
 
         start = self.layout(0)[0] if p.config.data.kind == "synthetic" else self.blank()
-        with gr.Blocks(title="usis app", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        # Gradio's own cache (the images the page shows, copies of the downloads, uploads): files over an
+        # hour old are deleted every 10 minutes
+        with gr.Blocks(title="usis app", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
             gr.Markdown(f"## usis: paint a label map, get photos\nModel `{p.source}` (step {p.step}): "
                         f"{p.num_classes} classes, {h}x{w} images (height x width).")
             base = gr.State(start)
@@ -477,7 +555,7 @@ class LabelApp:
                                        buttons=["download"], elem_id="usis-preview")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images")
+                        n = gr.Slider(1, MAX_IMAGES, value=DEFAULT_IMAGES, step=1, label="Images")
                         seed = gr.Number(0, precision=0, label="First seed", elem_id="usis-seed")
                     local = gr.Checkbox(False, label="A style per region (local style)")
                     with gr.Row():
@@ -579,36 +657,67 @@ class LabelApp:
             def on_class(k):
                 return gr.ImageEditor(brush=brush(self.check_class(k)))
 
+            # the model's events share one queue, `concurrency` at a time; the queue shows each its place and
+            # the time left (the rest are quick and each has its own queue)
+            model = {"concurrency_id": "model", "concurrency_limit": self.concurrency}
             blank_btn.click(on_blank, [cls], map_outputs)
             layout_btn.click(on_layout, None, map_outputs)
             upload.upload(on_upload, [upload], map_outputs)
             preview.select(on_fill, [editor, base, cls], map_outputs)
             editor.change(on_paint, [editor, base], [preview, status], show_progress="hidden")
             cls.change(on_class, [cls], [editor])
-            gen_btn.click(on_generate, [editor, base, n, seed, local, target], gen_outputs)
-            new_btn.click(on_new_styles, [editor, base, n, local, target], [seed, *gen_outputs])
-            restyle_btn.click(on_restyle, [editor, base, shots, region, target, local], gen_outputs)
+            gen_btn.click(on_generate, [editor, base, n, seed, local, target], gen_outputs, **model)
+            new_btn.click(on_new_styles, [editor, base, n, local, target], [seed, *gen_outputs], **model)
+            restyle_btn.click(on_restyle, [editor, base, shots, region, target, local], gen_outputs, **model)
             gallery.select(on_select, None, [target])
             # the canvas is set on load: Gradio's editor swallows its first change event (that one, then), so that
             # the first stroke already updates the preview
             demo.load(lambda: self.editor_value(start), None, [editor])
         return demo
 
-    def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-        """Build the page and serve it on ``host:port``; with ``block=False`` return the running ``gr.Blocks``
-        (``.close()`` stops it)."""
+    def warm_up(self) -> float:
+        """Generate one image (the first call of a model is the slowest); its time in seconds."""
+        t0 = time.perf_counter()
+        self.generate(self.blank(), [Shot(0)])
+        return time.perf_counter() - t0
+
+    def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+               auth: list[tuple[str, str]] | None = None):
+        """Build the page and serve it on ``host:port``, behind Gradio's login page when ``auth`` (``[(user,
+        password), ...]``) is given; with ``block=False`` return the running ``gr.Blocks`` (``.close()`` stops
+        it). Host checks: :func:`serve`."""
         gr = _gradio()
         demo = self.build()
         theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                   font_mono=["ui-monospace", "monospace"])  # system fonts: nothing fetched
+        demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+        _seed_wait_estimates(demo, DEFAULT_IMAGES * self.warm_up())
         try:
-            demo.queue(default_concurrency_limit=1).launch(
+            demo.launch(
                 server_name=host, server_port=int(port), prevent_thread_lock=not block, quiet=True, show_error=False,
-                inbrowser=False, footer_links=[], theme=theme,
+                inbrowser=False, footer_links=[], theme=theme, auth=auth or None, max_file_size=self.max_upload_bytes,
+                auth_message="usis app: log in with the user and password of the person who runs it",
                 css=CSS + f"#usis-gallery .thumbnail-item{{aspect-ratio:{self.size[1]}/{self.size[0]}}}")
         except OSError as e:
             raise GenerateError(f"cannot serve on {host}:{port} ({e}); pass another --port") from None
         return demo
+
+
+def _seed_wait_estimates(demo, seconds: float) -> None:
+    """Give Gradio's queue a first estimate of the model's events (``seconds`` each): it shows a waiting
+    request the time left only once it knows how long the event takes, which it otherwise learns from the
+    first request of each. Gradio's internals: without them (another version), nothing happens."""
+    try:
+        times = demo._queue.process_time_per_fn
+        for fn in demo.fns.values():
+            if fn.concurrency_id == "model" and fn not in times:
+                times[fn].add(seconds)
+    except (AttributeError, TypeError):
+        pass
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.3g} MB" if nbytes >= 2**20 else f"{nbytes / 1024:.3g} KB"
 
 
 def _composite(value) -> np.ndarray | None:
@@ -643,13 +752,78 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
     return p
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: ``localhost`` or a loopback address (127.x, ::1). Any other
+    name or address (0.0.0.0, ::, a host name, an interface's address) may be reached from the network."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_login(text: str, where: str) -> tuple[str, str]:
+    """``USER:PASSWORD`` -> ``(user, password)`` (split at the first colon). Messages name ``where`` the text
+    came from, never the text (a password)."""
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password:
+        raise ConfigError(f"{where}: expected USER:PASSWORD (a user name, a colon, a password; neither empty)")
+    return user, password
+
+
+def app_credentials(host: str, auth: str | None = None, auth_file: str | Path | None = None,
+                    open_network: bool = False, environ=None) -> list[tuple[str, str]] | None:
+    """The logins the page asks for: from ``auth`` (``--auth USER:PASSWORD``), else ``auth_file``
+    (``--auth-file``: a line ``USER:PASSWORD`` per user; blank lines and ``#`` comments skipped), else the
+    environment variable :data:`AUTH_ENV`; None without any. Without a login, a ``host`` beyond the loopback
+    address needs ``open_network`` (``--open``): otherwise :class:`ConfigError` says how."""
+    environ = os.environ if environ is None else environ
+    logins: list[tuple[str, str]] = []
+    if auth is not None:
+        logins = [parse_login(auth, "--auth")]
+    elif auth_file is not None:
+        path = Path(auth_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise ConfigError(f"--auth-file {path}: cannot read it ({e.strerror or e}); write a line USER:PASSWORD "
+                              f"into it (chmod 600 {path})") from None
+        logins = [parse_login(line, f"--auth-file {path} line {i}") for i, line in enumerate(lines, 1)
+                  if line.strip() and not line.lstrip().startswith("#")]
+        if not logins:
+            raise ConfigError(f"--auth-file {path}: no USER:PASSWORD line in it")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.warn(f"--auth-file {path} can be read by other users of this machine: chmod 600 {path}",
+                          UsisWarning, stacklevel=2)
+    elif environ.get(AUTH_ENV):
+        logins = [parse_login(environ[AUTH_ENV], f"${AUTH_ENV}")]
+    if not logins and not open_network and not is_loopback(host):
+        raise ConfigError(f"--host {host} serves the app to the network without a login: give it one with "
+                          f"--auth-file FILE (a line USER:PASSWORD) or {AUTH_ENV}=USER:PASSWORD (or --auth "
+                          "USER:PASSWORD, which stays in the shell history), or pass --open to serve it to anyone "
+                          "who can reach it")
+    return logins or None
+
+
 def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          block: bool = True):
-    """``usis app``: load the model, build the page and serve it on ``host:port``. With ``block=False``
-    returns the running ``gr.Blocks`` (``.close()`` stops it)."""
+          block: bool = True, auth: str | None = None, auth_file: str | Path | None = None,
+          open_network: bool = False, concurrency: int = 1):
+    """``usis app``: check the login (:func:`app_credentials`), load the model, build the page and serve it
+    on ``host:port``, ``concurrency`` generations at a time. With ``block=False`` returns the running
+    ``gr.Blocks`` (``.close()`` stops it)."""
+    logins = app_credentials(host, auth, auth_file, open_network)  # before anything slow
+    if int(concurrency) < 1:
+        raise ConfigError(f"--concurrency {concurrency}: run at least 1 generation at a time (1 suits one model)")
     path = resolve_checkpoint(checkpoint)
     _gradio()  # before loading the model: say at once that the extra is missing
-    app = LabelApp.from_checkpoint(path, device=device)
+    app = LabelApp.from_checkpoint(path, device=device, concurrency=concurrency)
+    shown = socket.gethostname() if host.strip("[]") in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    access = (f"login: {', '.join(u for u, _ in logins)}" if logins else
+              "open to anyone who can reach it (--open)" if not is_loopback(host) else "this machine only")
     print(f"usis app: {app.pipe.source} (step {app.pipe.step}), {app.num_classes} classes, "
-          f"{app.size[0]}x{app.size[1]} images; open http://{host}:{port}", file=sys.stderr)
-    return app.launch(host, port, block)
+          f"{app.size[0]}x{app.size[1]} images; open http://{shown}:{port} ({access})", file=sys.stderr)
+    return app.launch(host, port, block, auth=logins)
