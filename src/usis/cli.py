@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
 
     summary = train(cfg, out, resume_path if args.resume else None, not args.no_progress, args.deadline)
     if "rank" in summary:  # a torchrun rank other than 0: rank 0 reports
-        return 3 if summary.get("diverged") else 0
+        return 3 if summary.get("diverged") else 2 if summary.get("disk_full") else 0
     if summary.get("diverged"):
         print(f"error: {summary['diverged']}", file=sys.stderr)
         return 3
@@ -160,13 +160,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- synthesize
+
+
+def cmd_synthesize(args) -> int:
+    from usis.generate import load_generator
+    from usis.synthesize import check_filter, make_scorer, synthesize_folder
+    from usis.utils.device import resolve_device
+
+    check_filter(args.keep, args.min_score)
+    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"))
+    scorer, note = make_scorer(gen, args.segmenter, args.segmenter_path, args.segmenter_mapping,
+                               required=args.keep is not None or args.min_score is not None)
+    s = synthesize_folder(gen, args.labels, args.out, n=args.n, seed=args.seed, local_style=args.local_style,
+                          keep=args.keep, min_score=args.min_score, scorer=scorer, note=note,
+                          batch_size=args.batch_size, progress=not args.no_progress)
+    made = f"generated {s.generated}" if s.generated else "nothing generated: every pair was already made"
+    print(f"{s.kept} of {s.pairs} pairs in {s.out}/images and {s.out}/labels ({made}; "
+          f"{s.pairs - s.kept} rejected, listed in manifest.jsonl only)" if s.kept != s.pairs else
+          f"{s.pairs} pairs in {s.out}/images and {s.out}/labels ({made})", file=sys.stderr)
+    print(f"manifest: {s.out / 'manifest.jsonl'} (scores: {s.scorer or 'none'}); classes: {s.out / 'classes.json'}",
+          file=sys.stderr)
+    print(f"check it: {s.check_command}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- app
 
 
 def cmd_app(args) -> int:
     from usis.app import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, auth=args.auth,
+          auth_file=args.auth_file, open_network=args.open, concurrency=args.concurrency)
     return 0
 
 
@@ -246,12 +272,52 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--msssim-samples", type=int, default=20, help="images per label map for MS-SSIM")
     pe.set_defaults(func=cmd_evaluate)
 
+    ps = sub.add_parser("synthesize", help="make a labelled dataset (images/ + labels/ + a scored manifest) from "
+                                           "label maps")
+    ps.add_argument("--checkpoint", required=True,
+                    help="training checkpoint (.pt) or run folder (its S scores the pairs), or a `usis export` folder")
+    ps.add_argument("--labels", required=True, help="a folder of label PNGs (class ids; sub-folders are kept) or one")
+    ps.add_argument("--out", required=True, help="dataset folder: images/, labels/, classes.json, manifest.jsonl; "
+                                                 "rerun the same command to resume")
+    ps.add_argument("--n", type=int, default=1, help="pairs per label map (seeds S..S+n-1; default 1)")
+    ps.add_argument("--seed", type=int, default=0, help="first noise seed; pair k of a map uses seed + k")
+    ps.add_argument("--local-style", action="store_true", help="a different noise vector per class region")
+    filt = ps.add_mutually_exclusive_group()
+    filt.add_argument("--keep", type=float, default=None, metavar="FRACTION",
+                      help="keep the best FRACTION of the pairs by score (0.7: the best 70 %%)")
+    filt.add_argument("--min-score", type=float, default=None, metavar="X",
+                      help="keep the pairs whose score (mIoU in percent over the classes present) is >= X")
+    ps.add_argument("--segmenter", default="own", choices=["own", "drn", "segformer", "torchscript", "synthetic", "none"],
+                    help="what scores a pair: own (default: the checkpoint's S), one of `usis evaluate`'s segmenters "
+                         "(synthetic: the synthetic preset's evaluator), or none")
+    ps.add_argument("--segmenter-path", default=None, help="its weights file, model folder / hub name, or .pt")
+    ps.add_argument("--segmenter-mapping", default=None, help="torchscript: JSON class-mapping file")
+    ps.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ps.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (a resumed run keeps its "
+                                                              "batches: use the same value for identical bytes)")
+    ps.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ps.set_defaults(func=cmd_synthesize)
+
     pa = sub.add_parser("app", help="paint label maps and turn them into images in a browser (pip install 'usis[app]')")
     pa.add_argument("--checkpoint", default=None,
                     help="training checkpoint (.pt), run folder or `usis export` folder (default: runs/demo)")
-    pa.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    pa.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on (0.0.0.0: every interface; beyond 127.0.0.1 / localhost it needs a "
+                         "login or --open)")
     pa.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     pa.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    login = pa.add_mutually_exclusive_group()
+    login.add_argument("--auth-file", default=None, metavar="FILE",
+                       help="a login page: FILE holds a line USER:PASSWORD per user (chmod 600 it); or set "
+                            "USIS_APP_AUTH=USER:PASSWORD")
+    login.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                       help="a login page for this user (the password stays in the shell history: prefer --auth-file "
+                            "or USIS_APP_AUTH)")
+    pa.add_argument("--open", action="store_true",
+                    help="serve beyond this machine without a login: anyone who can reach the port can use it")
+    pa.add_argument("--concurrency", type=int, default=1, metavar="N",
+                    help="generations run at once (default 1); the others wait in the queue, which shows their "
+                         "place and the time left")
     pa.set_defaults(func=cmd_app)
     return p
 

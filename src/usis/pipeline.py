@@ -13,13 +13,16 @@ torch tensor (``H x W`` integers), or a list of them. A map of another size is r
 Image ``k`` of a map has noise seed ``seeds[k]``: the same image as ``usis generate --seed S`` and as the
 column of seed S in a training sample grid (:mod:`usis.nn.noise`). ``local_style=True`` gives every
 class region its own style vector.
+
+``pipe.synthesize(label_maps, seeds=[0, 1])`` makes labelled pairs instead (image, label ids at the image's
+size, score, kept), with the code of ``usis synthesize`` (:mod:`usis.synthesize`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,16 @@ from usis.data.datasets import label_set
 from usis.errors import GenerateError
 from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
 from usis.nn.generator import BaseGenerator
+from usis.synthesize import (
+    Pair,
+    Scorer,
+    check_filter,
+    load_own_segmenter,
+    no_segmenter_message,
+    own_segmenter_scorer,
+    select,
+    synthesize_batch,
+)
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize, to_pil
 
@@ -51,6 +64,7 @@ class USISPipeline:
     palette: list[tuple[int, int, int]]
     step: int = 0
     source: str = ""
+    _own_segmenter: Any = field(default=None, repr=False)  # S from the checkpoint, loaded on first use
 
     # ---------------------------------------------------------------------------------- construction
 
@@ -161,6 +175,55 @@ class USISPipeline:
         else:
             out = [[to_pil(img) for img in chunk] for chunk in per_map]
         return out[0] if single else out
+
+    @torch.no_grad()
+    def synthesize(self, label_maps: LabelMap | Sequence[LabelMap], seeds: int | Sequence[int] = (0,),
+                   score: bool = True, segmenter: Scorer | None = None, keep: float | None = None,
+                   min_score: float | None = None, local_style: bool = False, batch_size: int = 8) -> list[Pair]:
+        """Labelled pairs, as ``usis synthesize`` makes them: for each label map (one, or a list) one
+        :class:`~usis.synthesize.Pair` per seed, map after map.
+
+        A pair holds ``image`` (uint8 ``H x W x 3``; ``pair.image_pil()``), ``label`` (int64 ids at the
+        image's size; ``pair.label_pil(pipe.num_classes)`` is the PNG ``usis synthesize`` writes), ``seed``,
+        ``index`` (which map), ``score`` (``{"miou", "pixel_accuracy"}`` in percent: the segmenter's reading
+        of the image against the map, over the classes present) and ``kept``. ``score=True`` scores with
+        ``segmenter`` (a :class:`~usis.synthesize.Scorer`, e.g. ``usis.synthesize.pretrained_scorer(...)``)
+        or else the checkpoint's own S (a training checkpoint holds it; an export folder does not: pass a
+        segmenter or ``score=False``). ``keep`` (the best fraction by mIoU) or ``min_score`` (mIoU >= it)
+        set ``kept``; every pair is returned.
+        """
+        check_filter(keep, min_score)
+        seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+        if not seeds:
+            raise GenerateError("seeds: give at least one seed")
+        if not score and (keep is not None or min_score is not None):
+            raise GenerateError("keep / min_score filter by the score: pass score=True")
+        scorer = self._scorer(segmenter) if score else None
+        single = isinstance(label_maps, (Image.Image, np.ndarray, torch.Tensor)) and not (
+            isinstance(label_maps, (np.ndarray, torch.Tensor)) and label_maps.ndim == 3 and label_maps.shape[0] > 1)
+        maps = [label_maps] if single else list(label_maps)
+        ids = [self.label_ids(m, name="label_map" if single else f"label_map[{i}]") for i, m in enumerate(maps)]
+        jobs = [(i, s) for i in range(len(ids)) for s in seeds]
+        pairs: list[Pair] = []
+        for start in range(0, len(jobs), max(1, batch_size)):
+            chunk = jobs[start:start + max(1, batch_size)]
+            labels = torch.stack([ids[i] for i, _ in chunk])
+            images, scores = synthesize_batch(self.generator, labels, [s for _, s in chunk], scorer, local_style)
+            for (i, s), image, lab, sc in zip(chunk, images, labels.numpy(), scores, strict=True):
+                pairs.append(Pair(image=image, label=lab, seed=s, score=sc, index=i,
+                                  source="label_map" if single else f"label_map[{i}]"))
+        for pair, kept in zip(pairs, select([p.score for p in pairs], keep, min_score), strict=True):
+            pair.kept = kept
+        return pairs
+
+    def _scorer(self, segmenter: Scorer | None) -> Scorer:
+        if segmenter is not None:
+            return segmenter
+        if self._own_segmenter is None:
+            self._own_segmenter = load_own_segmenter(self.source, self.config)
+            if self._own_segmenter is None:
+                raise GenerateError("score=True: " + no_segmenter_message(self.source, self.config, api=True))
+        return own_segmenter_scorer(self._own_segmenter, self.config, self.device, source=f"step {self.step}")
 
     def _generate(self, labels: torch.Tensor, seeds: list[int], local_style: bool, batch_size: int) -> torch.Tensor:
         return generate_images(self.generator, labels, seeds, local_style=local_style, batch_size=batch_size)

@@ -1,0 +1,449 @@
+"""Do USIS images help a segmenter? The downstream test of `usis synthesize` on the synthetic benchmark.
+
+One fixed segmentation network is trained, with the same recipe and the same number of steps, on each
+row's training set, and evaluated on held-out REAL photos with their true labels (mIoU over the classes
+present in labels or prediction, and IoU per class). Rows:
+
+* ``oracle``: real photos with their true labels (the upper bound);
+* ``no_translation``: the same label maps painted in the palette's colours (the lower bound);
+* ``usis_all``: the USIS images of the same label maps (``usis synthesize``, every pair);
+* ``usis_kept``: those kept by ``usis synthesize --keep KEEP`` (scored by the checkpoint's own S);
+* ``few_real``: the first ``FEW`` real pairs alone;
+* ``few_real+usis``: the same ``FEW`` real pairs plus every USIS pair (one training set: batches are
+  drawn uniformly from the union, so no source is up-weighted).
+
+Data. Every row's label maps are the layouts of one pool, ``SyntheticPaired(MAPS, seed=POOL_SEED,
+split="train")``: a paired stream, which no USIS training stream draws from, so the generator never saw
+these maps; the oracle's photos are the pool's own renderings of them. The test photos are
+``SyntheticPaired(TEST, seed=POOL_SEED, split="test")``: in none of the training streams (not the
+generator's, not the pool, not the synthetic evaluator's).
+
+The network: the synthetic evaluator's ``EvalNet`` (:mod:`usis.metrics.synthetic_eval.net`, ~0.3M
+parameters), trained from scratch by the evaluator's own recipe (:mod:`usis.metrics.synthetic_eval.fit`:
+AdamW, one-cycle LR 8e-3, 400 steps of 8, crops, flips, mild gain/offset jitter, class weights from the
+training labels, don't-care ignored) and evaluated with its test-time flip. Why it: it is built for these
+scenes and trains in about a minute on a CPU, so 6 rows x 3 seeds fit a CPU, and its number on real
+photos is known: trained on 800 real pairs it is the evaluator whose ceiling the README reports (~86 %),
+so the oracle row checks the protocol. The U-Net S of :mod:`usis.nn.segmenter` is not used: it is the
+generator's partner in training (and S scores the ``usis_kept`` filter), a neutral third network is not.
+
+Seeds. Generator checkpoint ``i`` (``--checkpoints a b c``) goes with segmenter seed ``i`` (its init and
+batches) in EVERY row, so the rows that do not use a generator (oracle, no translation, few real) are
+repeated with the same three segmenter seeds: their std is the segmenter's own spread, the generator rows'
+std adds the generator's.
+
+Outputs: ``REPORT_DIR/NAME.{md,json,png}`` (table mean +- std over the seeds, per-class IoU, plot) and
+``REPORT_DIR/NAME_pairs.png`` (the best and the worst pairs by S score of the first generator: label map |
+USIS image). Work (label maps, synthesized datasets, one result file per row and seed) goes to ``--work``
+and is reused by a rerun with the same protocol.
+
+    python benchmarks/downstream.py --checkpoints runs/ds/g0 runs/ds/g1 runs/ds/g2
+    python benchmarks/downstream.py --checkpoints ... --report-only   # tabulate what is there
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from usis.data.synthetic import CLASS_NAMES, DONTCARE, NUM_CLASSES, SyntheticPaired, labels_to_rgb
+from usis.generate import load_generator
+from usis.metrics.miou import ConfusionMatrix
+from usis.metrics.synthetic_eval.fit import BATCH_SIZE, CROP, LR, TRAIN_IMAGES, TRAIN_STEPS, _class_weights
+from usis.metrics.synthetic_eval.net import EvalNet, work_size
+from usis.synthesize import make_scorer, synthesize_folder
+from usis.utils.device import resolve_device
+from usis.utils.images import save_grid
+from usis.utils.io import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL_SEED = 4242  # the paired pool and the test photos: a seed no other stream of the project uses
+SEGMENTER_SEED = 1000  # + the seed index: the downstream network's init and batches
+ROWS = ["oracle", "no_translation", "usis_all", "usis_kept", "few_real", "few_real+usis"]
+GENERATOR_ROWS = {"usis_all", "usis_kept", "few_real+usis"}
+REAL_CLASSES = [c for c in range(NUM_CLASSES) if c != DONTCARE]
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def paired(n: int, height: int, width: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` real photos (float N x 3 x H x W in [-1, 1]) and their layouts (int64 N x H x W)."""
+    data = SyntheticPaired(n, height, width, seed=POOL_SEED, split=split)
+    items = [data[i] for i in range(n)]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
+
+
+def painted(labels: torch.Tensor) -> torch.Tensor:
+    """Label maps in the palette's colours, as images in [-1, 1] (the no-translation baseline)."""
+    rgb = torch.from_numpy(labels_to_rgb(labels.numpy())).float()
+    return rgb.permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def write_maps(labels: torch.Tensor, folder: Path) -> Path:
+    """The pool's layouts as 8-bit label PNGs (``map_00000.png``, ...), written once."""
+    for i, lab in enumerate(labels.numpy()):
+        path = folder / f"map_{i:05d}.png"
+        if not path.is_file():
+            atomic_write(path, lambda f, lab=lab: Image.fromarray(lab.astype(np.uint8), "L").save(f, format="PNG"))
+    return folder
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def read_pairs(out: Path) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """A ``usis synthesize`` folder's kept pairs as tensors (images in [-1, 1], int64 labels) + manifest rows."""
+    rows = [r for r in manifest(out) if r["kept"]]
+    images, labels = [], []
+    for r in rows:
+        with Image.open(out / r["image"]) as im:
+            images.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()))
+        with Image.open(out / r["label"]) as im:
+            labels.append(torch.from_numpy(np.asarray(im).astype(np.int64)))
+    return torch.stack(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0, torch.stack(labels), rows
+
+
+def synthesize(ckpt: str, maps: Path, out: Path, keep: float | None, per_map: int, device: torch.device,
+               batch_size: int) -> Path:
+    """``usis synthesize --checkpoint CKPT --labels MAPS --out OUT [--keep KEEP] --n PER_MAP`` (resumable)."""
+    gen = load_generator(ckpt, device)
+    if gen.cfg.data.kind != "synthetic":
+        raise SystemExit(f"{ckpt}: trained on {gen.cfg.data.kind}; the downstream test runs on the synthetic preset")
+    scorer, note = make_scorer(gen, "own", required=keep is not None)
+    synthesize_folder(gen, maps, out, n=per_map, seed=0, keep=keep, scorer=scorer, note=note,
+                      batch_size=batch_size, progress=False, log=lambda m: print(f"[downstream] {m}", file=sys.stderr))
+    return out
+
+
+# ------------------------------------------------------------------------------------- the segmenter
+
+
+def train_segmenter(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
+                    device: torch.device) -> EvalNet:
+    """A fresh ``EvalNet`` trained on (images, labels) by the synthetic evaluator's recipe."""
+    n, _, height, width = images.shape
+    f = height / work_size(height, width)[0]
+    ch, cw = min(height, round(CROP[0] * f)), min(width, round(CROP[1] * f))
+    weights = _class_weights(labels).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = EvalNet()
+    net = net.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
+    for _ in range(steps):
+        idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
+        y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
+        x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
+        x = images[idx, :, y0:y0 + ch, x0:x0 + cw]
+        y = labels[idx, y0:y0 + ch, x0:x0 + cw].long()
+        flip = torch.rand(BATCH_SIZE, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        gain = 1 + 0.1 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
+        shift = 0.05 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
+        x = (x * gain + shift).clamp(-1, 1).to(device).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(net(x), y.to(device), weight=weights, ignore_index=DONTCARE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def evaluate(net: EvalNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+    """mIoU (percent, over the classes in labels or prediction) and IoU per class on the test photos, with
+    the evaluator's test-time flip; the don't-care id is neither scored nor predicted."""
+    cm = ConfusionMatrix(NUM_CLASSES, ignore_index=DONTCARE)
+    for i in range(0, len(images), 64):
+        x = images[i:i + 64].to(device).contiguous(memory_format=torch.channels_last)
+        logits = 0.5 * (net(x) + net(x.flip(-1)).flip(-1))
+        logits[:, DONTCARE] = -math.inf
+        cm.update(logits.argmax(1).cpu(), labels[i:i + 64])
+    iou = cm.iou()
+    return {"miou": cm.miou(over="union"), "pixel_accuracy": cm.pixel_accuracy(),
+            "iou": {CLASS_NAMES[c]: float(iou[c]) * 100.0 for c in REAL_CLASSES}}
+
+
+# ------------------------------------------------------------------------------------------- the study
+
+
+def protocol(args, size: tuple[int, int]) -> dict:
+    return {"maps": args.maps, "per_map": args.per_map, "keep": args.keep, "few": args.few, "test": args.test,
+            "steps": args.steps, "size": list(size), "pool_seed": POOL_SEED, "segmenter_seed": SEGMENTER_SEED,
+            "version": 1}
+
+
+def digest(path: str) -> str:
+    from usis.checkpoint import find_checkpoint
+
+    p = find_checkpoint(path) or Path(path)
+    h = hashlib.sha256()
+    target = p / "generator.safetensors" if p.is_dir() else p
+    with open(target, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def run_study(args) -> dict[str, dict[int, dict]]:
+    device = resolve_device(args.device, setting="--device")
+    sizes = {load_generator(c, "cpu").size for c in args.checkpoints}
+    if len(sizes) != 1:
+        raise SystemExit(f"the checkpoints make images of different sizes ({sorted(sizes)}): use one preset")
+    height, width = sizes.pop()
+    proto = protocol(args, (height, width))
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    pool_images, pool_labels = paired(args.maps, height, width, "train")
+    test_images, test_labels = paired(args.test, height, width, "test")
+    maps = write_maps(pool_labels, work / "maps")
+    print(f"[downstream] pool of {args.maps} pairs and {args.test} test photos at {height}x{width} "
+          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    few = min(args.few, args.maps)
+    results: dict[str, dict[int, dict]] = {r: {} for r in ROWS}
+    for i, ckpt in enumerate(args.checkpoints):
+        ident = {"protocol": proto, "checkpoint": str(Path(ckpt).resolve()), "digest": digest(ckpt), "seed": i}
+        data = None
+        for row in ROWS:
+            path = work / "results" / row / f"seed{i}.json"
+            if path.is_file():
+                old = json.loads(path.read_text())
+                if {k: old.get(k) for k in ident} == ident:
+                    results[row][i] = old
+                    continue
+            if data is None:
+                data = _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device)
+            images, labels = data[row]
+            t = time.perf_counter()
+            net = train_segmenter(images, labels, args.steps, SEGMENTER_SEED + i, device)
+            res = {**ident, "row": row, "train_pairs": len(images), **evaluate(net, test_images, test_labels, device),
+                   "train_seconds": time.perf_counter() - t}
+            if row in ("usis_all", "usis_kept"):
+                res["s_score"] = data["scores"][row]
+            atomic_write(path, json.dumps(res, indent=1) + "\n")
+            results[row][i] = res
+            print(f"[downstream] seed {i} {row:>14}: mIoU {res['miou']:.2f} ({len(images)} pairs, "
+                  f"{res['train_seconds']:.0f} s)", file=sys.stderr)
+    return results
+
+
+def _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device) -> dict:
+    synth = work / "synth" / f"g{i}"
+    all_dir = synthesize(ckpt, maps, synth / "all", None, args.per_map, device, args.batch_size)
+    kept_dir = synthesize(ckpt, maps, synth / "kept", args.keep, args.per_map, device, args.batch_size)
+    u_img, u_lab, u_rows = read_pairs(all_dir)
+    k_img, k_lab, k_rows = read_pairs(kept_dir)
+    every = manifest(kept_dir)
+
+    def mean_score(rows):
+        vals = [r["score"]["miou"] for r in rows if r["score"] is not None]
+        return statistics.fmean(vals) if vals else math.nan
+
+    rejected = [r for r in every if not r["kept"]]
+    if i == 0:
+        pairs_grid(all_dir, u_rows, Path(args.report_dir) / f"{args.name}_pairs.png")
+    return {
+        "oracle": (pool_images, pool_labels),
+        "no_translation": (painted(pool_labels), pool_labels),
+        "usis_all": (u_img, u_lab),
+        "usis_kept": (k_img, k_lab),
+        "few_real": (pool_images[:few], pool_labels[:few]),
+        "few_real+usis": (torch.cat([pool_images[:few], u_img]), torch.cat([pool_labels[:few], u_lab])),
+        "scores": {"usis_all": {"mean": mean_score(u_rows)},
+                   "usis_kept": {"mean_kept": mean_score(k_rows), "mean_rejected": mean_score(rejected),
+                                 "kept": len(k_rows), "rejected": len(rejected)}},
+    }
+
+
+def pairs_grid(folder: Path, rows: list[dict], path: Path, k: int = 6) -> None:
+    """The best and the worst ``k`` pairs by S score: label colours | image, best on the left."""
+    scored = sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"]["miou"])
+    if len(scored) < 2:
+        return
+    k = min(k, len(scored) // 2)
+    cols = []
+    for sel in (scored[:k], scored[-k:]):
+        imgs, labs = [], []
+        for r in sel:
+            with Image.open(folder / r["image"]) as im:
+                imgs.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()))
+            with Image.open(folder / r["label"]) as im:
+                labs.append(torch.from_numpy(np.asarray(im).astype(np.int64)))
+        cols += [painted(torch.stack(labs)), torch.stack(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0]
+    save_grid(cols, path)
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    agg = {}
+    for row, seeds in results.items():
+        if not seeds:
+            continue
+        runs = list(seeds.values())
+        agg[row] = {"n": len(runs), "miou": mean_std([r["miou"] for r in runs]),
+                    "pixel_accuracy": mean_std([r["pixel_accuracy"] for r in runs]),
+                    "train_pairs": statistics.fmean(r["train_pairs"] for r in runs),
+                    "iou": {c: mean_std([r["iou"][c] for r in runs]) for c in runs[0]["iou"]},
+                    "seeds": {str(s): r["miou"] for s, r in seeds.items()}}
+        if "s_score" in runs[0]:
+            agg[row]["s_score"] = {k: statistics.fmean(r["s_score"][k] for r in runs) for k in runs[0]["s_score"]}
+    return agg
+
+
+ABOUT = {
+    "oracle": "real photos, true labels",
+    "no_translation": "label maps in palette colours",
+    "usis_all": "USIS images, all pairs",
+    "usis_kept": "USIS images, kept by S score",
+    "few_real": "few real pairs alone",
+    "few_real+usis": "few real pairs + all USIS pairs",
+}
+
+
+def _pm(t: tuple[float, float], digits: int = 2) -> str:
+    return "-" if math.isnan(t[0]) else f"{t[0]:.{digits}f} +- {t[1]:.{digits}f}"
+
+
+def markdown(agg: dict, proto: dict, checkpoints: list[str], name: str) -> str:
+    classes = [CLASS_NAMES[c] for c in REAL_CLASSES]
+    lines = [f"# Downstream test of `usis synthesize` (`{name}`)", "",
+             f"Command: `python benchmarks/downstream.py --checkpoints {' '.join(checkpoints)} --maps {proto['maps']} "
+             f"--per-map {proto['per_map']} --keep {proto['keep']} --few {proto['few']} --test {proto['test']} "
+             f"--steps {proto['steps']}`. One EvalNet per row and seed, {proto['steps']} steps of 8, evaluated on "
+             f"{proto['test']} held-out real photos ({proto['size'][0]}x{proto['size'][1]}); mean +- std over "
+             f"{len(checkpoints)} seeds (generator checkpoint i with segmenter seed i).", "",
+             "| row | training set | pairs | mIoU (%) | pixel acc. (%) | / oracle |", "|---|---|---:|---:|---:|---:|"]
+    oracle = agg.get("oracle", {}).get("miou", (math.nan, 0))[0]
+    for row, a in agg.items():
+        ratio = a["miou"][0] / oracle if oracle and not math.isnan(oracle) else math.nan
+        lines.append(f"| {row} | {ABOUT[row]} | {a['train_pairs']:.0f} | {_pm(a['miou'])} | "
+                     f"{_pm(a['pixel_accuracy'])} | {ratio:.3f} |")
+    lines += ["", "IoU per class (%), mean +- std:", "",
+              "| row | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for row, a in agg.items():
+        lines.append(f"| {row} | " + " | ".join(_pm(a["iou"][c], 1) for c in classes) + " |")
+    if "usis_kept" in agg and "s_score" in agg["usis_kept"]:
+        s = agg["usis_kept"]["s_score"]
+        lines += ["", f"S score (mIoU % of the checkpoint's S on each USIS image vs its map) of the kept pairs "
+                      f"{s['mean_kept']:.1f}, of the rejected {s['mean_rejected']:.1f} ({s['kept']:.0f} kept, "
+                      f"{s['rejected']:.0f} rejected per seed)."]
+    if "few_real" in agg and "few_real+usis" in agg:
+        d = agg["few_real+usis"]["miou"][0] - agg["few_real"]["miou"][0]
+        lines += ["", f"few real + USIS minus few real alone: {d:+.2f} mIoU points."]
+    lines += ["", f"Plot: `{name}.png`; best and worst pairs by S score (first generator): `{name}_pairs.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("[downstream] matplotlib is not installed: no plot", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(agg)
+    classes = [CLASS_NAMES[c] for c in REAL_CLASSES]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 2.2]})
+    for j, row in enumerate(rows):
+        mean, std = agg[row]["miou"]
+        ax0.bar(j, mean, yerr=std, color=f"C{j}", capsize=3)
+        ax0.scatter([j] * len(agg[row]["seeds"]), list(agg[row]["seeds"].values()), color="k", s=8, zorder=3)
+    ax0.set_xticks(range(len(rows)), rows, rotation=30, ha="right", fontsize=8)
+    ax0.set_ylabel("mIoU on real test photos (%)")
+    ax0.grid(axis="y", alpha=0.3)
+    width = 0.8 / max(1, len(rows))
+    for j, row in enumerate(rows):
+        xs = [c + (j - (len(rows) - 1) / 2) * width for c in range(len(classes))]
+        ax1.bar(xs, [agg[row]["iou"][c][0] for c in classes], width, yerr=[agg[row]["iou"][c][1] for c in classes],
+                color=f"C{j}", label=row, capsize=1.5)
+    ax1.set_xticks(range(len(classes)), classes, fontsize=8)
+    ax1.set_ylabel("IoU (%)")
+    ax1.legend(fontsize=7, ncol=3)
+    ax1.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(results: dict, args, size: tuple[int, int]) -> str:
+    agg = aggregate(results)
+    if not agg:
+        return "(no results yet)"
+    proto = protocol(args, size)
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(agg, proto, args.checkpoints, args.name)
+    atomic_write(out / f"{args.name}.md", text)
+    atomic_write(out / f"{args.name}.json", json.dumps({"protocol": proto, "checkpoints": args.checkpoints,
+                                                        "rows": agg}, indent=1) + "\n")
+    plot(agg, out / f"{args.name}.png", f"{args.name}: segmenter trained on each row, tested on real photos")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", nargs="+", required=True,
+                    help="USIS generators of the synthetic preset (training checkpoints or run folders: their S "
+                         "scores the filter), one per seed")
+    ap.add_argument("--maps", type=int, default=TRAIN_IMAGES, help="label maps in the pool (default %(default)s)")
+    ap.add_argument("--per-map", type=int, default=1, help="USIS images per label map (default 1)")
+    ap.add_argument("--keep", type=float, default=0.7, help="usis_kept: the fraction kept (default 0.7)")
+    ap.add_argument("--few", type=int, default=50, help="real pairs of the few-real rows (default 50)")
+    ap.add_argument("--test", type=int, default=200, help="held-out real test photos (default 200)")
+    ap.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps per row (default %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=16, help="synthesis batch (default 16)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), auto, cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: PyTorch's default)")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "downstream" / "work"), help="work folder (reused)")
+    ap.add_argument("--report-dir", default=str(ROOT / "docs" / "results"), help="table and plots go here")
+    ap.add_argument("--name", default="downstream", help="report file names (default downstream)")
+    ap.add_argument("--report-only", action="store_true", help="train nothing; tabulate the results in --work")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = load_generator(args.checkpoints[0], "cpu").size
+    if args.report_only:
+        results = {r: {} for r in ROWS}
+        for r in ROWS:
+            for i in range(len(args.checkpoints)):
+                p = Path(args.work) / "results" / r / f"seed{i}.json"
+                if p.is_file():
+                    results[r][i] = json.loads(p.read_text())
+    else:
+        results = run_study(args)
+    print(report(results, args, size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""`usis synthesize` and `USISPipeline.synthesize`: a labelled dataset from label maps, on a tiny checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, set_args
+from PIL import Image
+
+from usis import USISPipeline
+from usis.cli import main
+from usis.data.palette import load_class_file
+from usis.data.synthetic import SyntheticLabels
+from usis.errors import GenerateError
+from usis.generate import resize_nearest
+from usis.synthesize import PAUSE_ENV, STAGING, select
+
+N_MAPS = 4
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
+                 *set_args(TINY)]) == 0
+    return out / "checkpoints" / "latest.pt"
+
+
+def _save(ids: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(ids.astype(np.uint8), "L").save(path)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Four synthetic label maps in nested folders; one of them 32 x 64 (resized to the model's 64 x 64)."""
+    root = tmp_path_factory.mktemp("labels")
+    maps = SyntheticLabels(3, 64, 64, split="test")
+    _save(maps[0]["label"].numpy(), root / "a.png")
+    _save(maps[1]["label"].numpy(), root / "city" / "b.png")
+    _save(maps[2]["label"].numpy(), root / "city" / "deep" / "c.png")
+    _save(SyntheticLabels(1, 32, 64, split="test")[0]["label"].numpy(), root / "city" / "d.png")
+    return root
+
+
+STEMS = ["a", "city/b", "city/d", "city/deep/c"]
+
+
+def _cmd(ckpt, labels, out, *extra):
+    return ["synthesize", "--checkpoint", str(ckpt), "--labels", str(labels), "--out", str(out), "--device", "cpu",
+            "--no-progress", *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _ids(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def dataset(ckpt, tree, tmp_path_factory):
+    """`usis synthesize --n 2 --seed 5 --batch-size 3` of the tree (no filter)."""
+    out = tmp_path_factory.mktemp("ds") / "out"
+    assert main(_cmd(ckpt, tree, out, "--n", "2", "--seed", "5", "--batch-size", "3")) == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+def test_k_pairs_per_map_with_the_input_ids_in_nested_folders(dataset, tree, ckpt, tmp_path, capsys):
+    names = [f"{s}_s{k}.png" for s in STEMS for k in (5, 6)]
+    for sub in ("images", "labels"):
+        assert sorted(p.relative_to(dataset / sub).as_posix() for p in (dataset / sub).rglob("*.png")) == sorted(names)
+    for stem in STEMS:
+        source = _ids(tree / f"{stem}.png")
+        for k in (5, 6):
+            with Image.open(dataset / "labels" / f"{stem}_s{k}.png") as im:
+                assert im.mode == "L" and im.size == (64, 64)
+            assert np.array_equal(_ids(dataset / "labels" / f"{stem}_s{k}.png"), resize_nearest(source, 64, 64))
+            with Image.open(dataset / "images" / f"{stem}_s{k}.png") as im:
+                assert im.mode == "RGB" and im.size == (64, 64)
+    assert not np.array_equal(_ids(dataset / "images/a_s5.png"), _ids(dataset / "images/a_s6.png"))  # seeds differ
+
+    # the images are `usis generate`'s for the same seeds (and batches)
+    gen = tmp_path / "gen"
+    assert main(["generate", "--checkpoint", str(ckpt), "--labels", str(tree), "--out", str(gen), "--n", "2",
+                 "--seed", "5", "--batch-size", "3", "--device", "cpu"]) == 0
+    for stem in STEMS:
+        for k in (5, 6):
+            assert (gen / f"{stem}_seed{k}.png").read_bytes() == (dataset / "images" / f"{stem}_s{k}.png").read_bytes()
+
+    names_, colours = load_class_file(dataset / "classes.json")  # a data.class_file
+    assert len(names_) == len(colours) == 10 and names_[1] == "sky"
+    assert not (dataset / STAGING).exists() and not list(dataset.rglob("*.tmp"))
+
+
+def test_the_manifest_lists_every_pair_with_its_seed_and_score(dataset):
+    rows = _manifest(dataset)
+    assert [(r["source"], r["seed"]) for r in rows] == [(f"{s}.png", k) for s in STEMS for k in (5, 6)]
+    for r in rows:
+        assert r["image"] == f"images/{r['source'][:-4]}_s{r['seed']}.png" and r["label"] == r["image"].replace(
+            "images/", "labels/") and r["kept"] is True
+        assert set(r["score"]) == {"miou", "pixel_accuracy"}
+        assert 0 <= r["score"]["miou"] <= 100 and 0 <= r["score"]["pixel_accuracy"] <= 100
+        counts = np.bincount(_ids(dataset / r["label"]).ravel(), minlength=10)
+        assert r["pixels"] == {str(i): int(c) for i, c in enumerate(counts) if c}
+    settings = json.loads((dataset / "synthesize.json").read_text())
+    assert settings["complete"] and settings["pairs"] == settings["kept"] == 8 and settings["scorer"] == "S"
+
+
+def test_a_rerun_writes_nothing(dataset, ckpt, tree, capsys):
+    before = _snapshot(dataset)
+    assert main(_cmd(ckpt, tree, dataset, "--n", "2", "--seed", "5", "--batch-size", "3")) == 0
+    assert "nothing generated" in capsys.readouterr().err
+    assert _snapshot(dataset) == before  # same files, same bytes, not even rewritten
+
+
+def test_data_check_folder_preset_accepts_the_output(dataset, capsys):
+    assert main(["data", "check", "--preset", "folder", *set_args([
+        f"data.labels={dataset / 'labels'}", f"data.photos={dataset / 'images'}", "data.num_classes=10",
+        f"data.class_file={dataset / 'classes.json'}", "data.dontcare=0", "data.height=64", "data.width=64",
+        "data.load_size=0"])]) == 0
+    out = capsys.readouterr().out
+    assert "8 found" in out and "OK" in out and "sky" in out
+
+
+# ------------------------------------------------------------------------------------------- resuming
+
+
+def test_kill_9_then_rerun_gives_the_files_of_an_uninterrupted_run(ckpt, tree, tmp_path):
+    args = ["--n", "2", "--seed", "0", "--batch-size", "2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(_cmd(ckpt, tree, whole, *args)) == 0
+
+    env = dict(os.environ, **{PAUSE_ENV: "2"})  # two seconds after each batch of two pairs
+    proc = subprocess.Popen([sys.executable, "-m", "usis.cli", *_cmd(ckpt, tree, killed, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    records = killed / STAGING / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.is_file() and records.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    staged = list((killed / STAGING).rglob("*.png"))
+    assert 1 <= len(staged) < 8 and not (killed / "manifest.jsonl").exists()  # killed part-way
+    # what a kill in the middle of a write leaves: a torn record, an atomic write's temporary file
+    with open(records, "a") as f:
+        f.write('{"source": "city/d.p')
+    (killed / STAGING / "images" / "a_s1.png.k9xyz.tmp").write_bytes(b"\x89PNG half")
+
+    from usis.synthesize import _read_records, _repair_records
+
+    assert len(_read_records(killed)) == records.read_text().count("\n")  # the torn record is not read...
+    _repair_records(killed)
+    assert records.read_text().endswith("}\n")  # ...and is cut off before the next one is appended
+    assert main(_cmd(ckpt, tree, killed, *args)) == 0
+    a, b = _snapshot(whole), _snapshot(killed)
+    assert a.keys() == b.keys()
+    assert all(a[k][0] == b[k][0] for k in a), [k for k in a if a[k][0] != b[k][0]]
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_a_bad_map_anywhere_is_exit_2_naming_it_and_nothing_is_written(ckpt, tree, tmp_path, capsys):
+    import shutil
+
+    def bad_tree(name: str, write) -> Path:
+        root = tmp_path / name
+        shutil.copytree(tree, root)
+        write(root / "city" / "deep" / "zz_bad.png")
+        return root
+
+    ids = np.zeros((64, 64), np.uint8)
+    ids[:4, :4] = 200
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 90
+    cases = {
+        "ids": (lambda p: _save(ids, p), "{200}"),
+        "photo": (lambda p: Image.fromarray(rgb, "RGB").save(p), "colour image"),
+        "unreadable": (lambda p: p.write_bytes(b"not a png"), "cannot read"),
+    }
+    for name, (write, says) in cases.items():
+        out = tmp_path / f"out_{name}"
+        assert main(_cmd(ckpt, bad_tree(name, write), out, "--n", "2")) == 2
+        err = capsys.readouterr().err
+        assert "zz_bad.png" in err and says in err and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def test_an_out_folder_of_other_settings_is_refused(dataset, ckpt, tree, tmp_path, capsys):
+    before = _snapshot(dataset)
+    assert main(_cmd(ckpt, tree, dataset, "--n", "2", "--seed", "5", "--local-style")) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(_cmd(ckpt, tree, dataset, "--n", "1", "--seed", "5")) == 2  # fewer pairs than it holds
+    assert "do not make" in capsys.readouterr().err
+    assert _snapshot(dataset) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.txt").write_text("x")
+    assert main(_cmd(ckpt, tree, other)) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------- filtering
+
+
+def test_keep_keeps_the_best_scores_and_reselects_on_rerun(dataset, ckpt, tree, tmp_path, capsys):
+    out = tmp_path / "kept"
+    args = ["--n", "2", "--seed", "5", "--batch-size", "3"]
+    assert main(_cmd(ckpt, tree, out, *args, "--keep", "0.6")) == 0  # round(0.6 * 8) = 5
+    rows = _manifest(out)
+    assert len(rows) == 8 and sum(r["kept"] for r in rows) == 5
+    best = sorted(rows, key=lambda r: -r["score"]["miou"])[:5]
+    assert {r["image"] for r in rows if r["kept"]} == {r["image"] for r in best}
+    assert min(r["score"]["miou"] for r in best) >= max(r["score"]["miou"] for r in rows if not r["kept"])
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert on_disk == {r["image"] for r in best}
+    assert {p.relative_to(out).as_posix() for p in (out / "labels").rglob("*.png")} == {r["label"] for r in best}
+    assert [(r["seed"], r["score"]) for r in rows] == [(r["seed"], r["score"]) for r in _manifest(dataset)]
+
+    # a threshold on rerun: only re-selection; then everything: the rejected images come back, byte-identical
+    cut = sorted(r["score"]["miou"] for r in rows)[5]
+    assert main(_cmd(ckpt, tree, out, *args, "--min-score", str(cut))) == 0
+    assert {r["image"] for r in _manifest(out) if r["kept"]} == {r["image"] for r in rows if r["score"]["miou"] >= cut}
+    assert main(_cmd(ckpt, tree, out, *args)) == 0
+    full = _snapshot(dataset)
+    assert {k: v[0] for k, v in _snapshot(out).items() if k != "synthesize.json"} == {
+        k: v[0] for k, v in full.items() if k != "synthesize.json"}
+    capsys.readouterr()
+
+    assert select([{"miou": 3.0}, None, {"miou": 3.0}, {"miou": 9.0}], keep=0.5) == [True, False, False, True]
+    assert select([{"miou": 3.0}, None], min_score=3.0) == [True, False]
+
+
+# ------------------------------------------------------------------------------------------ Python API
+
+
+def test_pipeline_synthesize_shares_the_cli_code(ckpt, tree, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(_cmd(ckpt, tree / "a.png", out, "--n", "2", "--seed", "3", "--batch-size", "2")) == 0
+    rows = _manifest(out)
+    pipe = USISPipeline.from_pretrained(ckpt, device="cpu")
+    pairs = pipe.synthesize(Image.open(tree / "a.png"), seeds=[3, 4], batch_size=2)
+    assert [p.seed for p in pairs] == [3, 4] and all(p.kept for p in pairs)
+    for p, r in zip(pairs, rows, strict=True):
+        assert np.array_equal(p.image, _ids(out / r["image"]))
+        assert np.array_equal(p.label, _ids(out / r["label"])) and p.pixels == r["pixels"]
+        assert p.score == r["score"]
+    kept = pipe.synthesize([_ids(tree / "a.png"), _ids(tree / "city/b.png")], seeds=[0, 1], keep=0.5)
+    assert [p.index for p in kept] == [0, 0, 1, 1] and sum(p.kept for p in kept) == 2
+    assert kept[0].label_pil(pipe.num_classes).mode == "L"
+
+    # an export has no S: the API says how to score; the CLI writes unscored pairs, and refuses to filter
+    exp = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(exp)]) == 0
+    with pytest.raises(GenerateError, match="without the segmenter S.*score=False"):
+        USISPipeline.from_pretrained(exp, device="cpu").synthesize(_ids(tree / "a.png"))
+    assert USISPipeline.from_pretrained(exp, device="cpu").synthesize(_ids(tree / "a.png"), score=False)[0].score is None
+    assert main(_cmd(exp, tree / "a.png", tmp_path / "unscored")) == 0
+    assert "not scored" in capsys.readouterr().err
+    assert _manifest(tmp_path / "unscored")[0]["score"] is None
+    assert main(_cmd(exp, tree / "a.png", tmp_path / "refused", "--keep", "0.5")) == 2
+    assert "training checkpoint" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+# --------------------------------------------------------------------------------- benchmarks/downstream
+
+
+def test_downstream_benchmark_runs_end_to_end_at_a_tiny_size(ckpt, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("downstream", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "downstream.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--checkpoints", str(ckpt), str(ckpt), "--maps", "6", "--few", "2", "--test", "2", "--steps", "1",
+            "--work", str(tmp_path / "work"), "--report-dir", str(tmp_path / "report"), "--threads", "1"]
+    assert mod.main(argv) == 0
+    data = json.loads((tmp_path / "report" / "downstream.json").read_text())
+    assert list(data["rows"]) == mod.ROWS and all(r["n"] == 2 for r in data["rows"].values())
+    assert data["rows"]["usis_kept"]["train_pairs"] == 4 and data["rows"]["few_real+usis"]["train_pairs"] == 8
+    assert "| oracle |" in (tmp_path / "report" / "downstream.md").read_text()
+    assert (tmp_path / "report" / "downstream_pairs.png").is_file()
+    results = sorted((tmp_path / "work" / "results").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert mod.main(argv) == 0  # a rerun reuses every result
+    assert [p.stat().st_mtime_ns for p in results] == stamps
