@@ -54,13 +54,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from usis.data.synthetic import CLASS_NAMES, DONTCARE, NUM_CLASSES, SyntheticPaired, labels_to_rgb
 from usis.generate import load_generator
 from usis.metrics.miou import ConfusionMatrix
-from usis.metrics.synthetic_eval.fit import BATCH_SIZE, CROP, LR, TRAIN_IMAGES, TRAIN_STEPS, _class_weights
+from usis.metrics.synthetic_eval.fit import CROP, TRAIN_IMAGES, TRAIN_STEPS, fit_evalnet
 from usis.metrics.synthetic_eval.net import EvalNet, work_size
 from usis.synthesize import make_scorer, synthesize_folder
 from usis.utils.device import resolve_device
@@ -134,35 +133,10 @@ def synthesize(ckpt: str, maps: Path, out: Path, keep: float | None, per_map: in
 def train_segmenter(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
                     device: torch.device) -> EvalNet:
     """A fresh ``EvalNet`` trained on (images, labels) by the synthetic evaluator's recipe."""
-    n, _, height, width = images.shape
+    height, width = images.shape[-2:]
     f = height / work_size(height, width)[0]
     ch, cw = min(height, round(CROP[0] * f)), min(width, round(CROP[1] * f))
-    weights = _class_weights(labels).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = EvalNet()
-    net = net.to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
-    for _ in range(steps):
-        idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
-        y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
-        x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
-        x = images[idx, :, y0:y0 + ch, x0:x0 + cw]
-        y = labels[idx, y0:y0 + ch, x0:x0 + cw].long()
-        flip = torch.rand(BATCH_SIZE, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y = torch.where(flip[:, None, None], y.flip(-1), y)
-        gain = 1 + 0.1 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
-        shift = 0.05 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
-        x = (x * gain + shift).clamp(-1, 1).to(device).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), y.to(device), weight=weights, ignore_index=DONTCARE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+    return fit_evalnet(images, labels, steps, seed, (ch, cw), device)[0].eval()
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from usis import config as C
@@ -87,3 +88,15 @@ def train_until_sigterm(out: Path, extra: list[str] = ()) -> dict:
     state = torch.load(Path(out) / "checkpoints/latest.pt", weights_only=True)
     assert 2 <= state["step"] < 100000
     return state
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A training checkpoint of the TINY synthetic config after one step (one per test module)."""
+    from usis.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
+                 *set_args(TINY)]) == 0
+    return out / "checkpoints" / "latest.pt"

@@ -19,15 +19,6 @@ from usis.data.synthetic import CLASS_NAMES, SyntheticLabels, SyntheticPhotos
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
-                 *set_args(TINY)]) == 0
-    return out / "checkpoints" / "latest.pt"
-
-
-@pytest.fixture(scope="module")
 def labels_dir(tmp_path_factory):
     """Three synthetic label maps as 8-bit index PNGs; one of them at another size (gets resized)."""
     folder = tmp_path_factory.mktemp("labels")

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY, set_args
+from conftest import set_args
 from PIL import Image
 
 from usis import USISPipeline
@@ -23,15 +22,6 @@ from usis.generate import resize_nearest
 from usis.synthesize import PAUSE_ENV, STAGING, select
 
 N_MAPS = 4
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "synthetic", "--out", str(out), "--iters", "1", "--no-progress",
-                 *set_args(TINY)]) == 0
-    return out / "checkpoints" / "latest.pt"
 
 
 def _save(ids: np.ndarray, path: Path) -> None:

@@ -57,6 +57,50 @@ def _class_weights(labels: Tensor) -> Tensor:
     return w.clamp(max=WEIGHT_MAX).float()
 
 
+def fit_evalnet(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, crop: tuple[int, int],
+                device: torch.device | str = "cpu", desc: str | None = None) -> tuple[EvalNet, float]:
+    """A fresh ``EvalNet`` (initialised from ``seed``) trained ``steps`` steps by the evaluator's recipe on
+    ``images`` (N x 3 x H x W in [-1, 1], on the CPU) and ``labels`` (N x H x W class ids): random ``crop``
+    (height, width) crops of BATCH_SIZE images, horizontal flips, a mild gain / offset jitter, class-weighted
+    cross entropy, AdamW with a one-cycle schedule. Returns the net (in training mode) and its last loss;
+    ``desc``: a progress bar."""
+    n, _, height, width = images.shape
+    ch, cw = crop
+    weights = _class_weights(labels.long()).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = EvalNet()
+    net = net.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
+    bar = tqdm(total=steps, desc=desc, unit="step") if desc else None
+    for _ in range(steps):
+        idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
+        y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
+        x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
+        x = images[idx, :, y0 : y0 + ch, x0 : x0 + cw]
+        y = labels[idx, y0 : y0 + ch, x0 : x0 + cw].long()
+        flip = torch.rand(BATCH_SIZE, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        # Mild photometric jitter (gain, offset per image): robustness, not invariance.
+        gain = 1 + 0.1 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
+        shift = 0.05 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
+        x = (x * gain + shift).clamp(-1, 1).to(device).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(net(x), y.to(device), weight=weights, ignore_index=DONTCARE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if bar is not None:
+        bar.close()
+    return net, float(loss.item())
+
+
 def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -> dict[str, Any]:
     """Train the evaluator from scratch (fixed seed) on ``SyntheticPaired(split="train")``.
 
@@ -75,42 +119,8 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
     for i in range(n):
         item = data[i]
         images[i], labels[i] = item["image"], item["label"]
-    weights = _class_weights(labels.long())
-
-    gen = torch.Generator().manual_seed(EVAL_SEED)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(EVAL_SEED)
-        net = EvalNet()
-    net = net.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=TRAIN_STEPS, pct_start=0.15)
-
-    bar = None
-    if progress:
-        bar = tqdm(total=TRAIN_STEPS, desc=f"training synthetic evaluator {height}x{width}", unit="step")
-    for _ in range(TRAIN_STEPS):
-        idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
-        y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
-        x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
-        x = images[idx, :, y0 : y0 + ch, x0 : x0 + cw]
-        y = labels[idx, y0 : y0 + ch, x0 : x0 + cw].long()
-        flip = torch.rand(BATCH_SIZE, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y = torch.where(flip[:, None, None], y.flip(-1), y)
-        # Mild photometric jitter (gain, offset per image): robustness, not invariance.
-        gain = 1 + 0.1 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
-        shift = 0.05 * torch.randn(BATCH_SIZE, 1, 1, 1, generator=gen)
-        x = (x * gain + shift).clamp(-1, 1).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), y, weight=weights, ignore_index=DONTCARE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
+    net, final_loss = fit_evalnet(images, labels, TRAIN_STEPS, EVAL_SEED, (ch, cw),
+                      desc=f"training synthetic evaluator {height}x{width}" if progress else None)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     meta = {
         "height": height,
@@ -123,7 +133,7 @@ def train_evaluator(height: int = 64, width: int = 128, progress: bool = True) -
         "train_images": n,
         "train_steps": TRAIN_STEPS,
         "train_seconds": time.perf_counter() - t0,
-        "final_loss": float(loss.item()),
+        "final_loss": final_loss,
     }
     return {"state_dict": state, "meta": meta}
 
