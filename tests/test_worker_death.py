@@ -82,17 +82,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait_until_training(proc: subprocess.Popen, out: Path, log: Path) -> tuple[dict[int, int], int]:
-    """Both workers found and a checkpoint written after some steps (so every rank did all-reduce)."""
+def _wait_until_training(proc: subprocess.Popen, out: Path, log: Path,
+                         checkpoint: bool = True) -> tuple[dict[int, int], int | None]:
+    """Both workers found, some steps logged (so every rank did all-reduce) and, with ``checkpoint``, a
+    checkpoint written; returns the workers and the checkpoint's step."""
     deadline = time.time() + STARTED_S
     stats = out / "stats.jsonl"
+    latest = out / "checkpoints/latest.pt"
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         workers = _workers(proc.pid)
-        if len(workers) == 2 and (out / "checkpoints/latest.pt").exists() and stats.exists() \
+        if len(workers) == 2 and (latest.exists() or not checkpoint) and stats.exists() \
                 and stats.read_text().count("\n") >= 4:
-            step = torch.load(out / "checkpoints/latest.pt", weights_only=True)["step"]
-            return workers, step
+            return workers, torch.load(latest, weights_only=True)["step"] if checkpoint else None
         time.sleep(0.2)
     raise AssertionError(f"not training after {STARTED_S} s:\n{log.read_text()[-3000:]}")
 
@@ -162,14 +164,15 @@ def test_kill_9_of_a_worker_ends_the_run_with_one_message_and_resume_goes_on(tmp
     assert torch.load(out / "checkpoints/latest.pt", weights_only=True)["step"] == saved + 2
 
 
-@pytest.mark.xfail(strict=False, reason="flaky: failed once in two fresh-clone runs (still running 60 s after SIGSTOP); under investigation, see the session-9 note")
 def test_a_worker_that_stops_answering_ends_the_run_after_the_timeout(tmp_path, processes):
-    # SIGSTOP of rank 0 (it also serves the group's store): rank 1 waits train.dist_timeout in its
-    # collective, gives up; the launcher then ends the silent one and names it
+    # SIGSTOP of rank 0 (it also serves the group's store) between steps: rank 1 waits train.dist_timeout in
+    # its collective, gives up; the launcher then ends the silent one and names it. No periodic checkpoint:
+    # while rank 0 saves (or evaluates) alone, the others wait up to distributed.SOLO_WAIT_S by design, so a
+    # SIGSTOP that landed in a save (ckpt_every=3 made that one run in a few) would not be this case.
     out, log = tmp_path / "run", tmp_path / "train.log"
-    proc = _start(out, log, ["train.dist_timeout=5"])
+    proc = _start(out, log, ["train.dist_timeout=5", "train.ckpt_every=0"])
     processes.append(proc)
-    workers, _ = _wait_until_training(proc, out, log)
+    workers, _ = _wait_until_training(proc, out, log, checkpoint=False)
     took = _end_after(proc, workers[0], signal.SIGSTOP, log)
     err = log.read_text()
     assert proc.returncode == 2, err
@@ -177,7 +180,9 @@ def test_a_worker_that_stops_answering_ends_the_run_after_the_timeout(tmp_path, 
     assert all(_gone(p) for p in workers.values()), "a worker is still there"
     assert err.count("error:") == 1, err
     assert "rank 0" in err and "stopped answering" in err and "train.dist_timeout" in err, err
-    assert f"usis train --out {out} --resume" in err and "Traceback" not in err, err
+    # how to go on: nothing was saved yet in this run (the kill -9 tests check the --resume command)
+    assert "no checkpoint was saved yet" in err and "start the run again with the same command" in err, err
+    assert "Traceback" not in err, err
     print(f"SIGSTOP of rank 0 -> exit {proc.returncode} after {took:.1f} s")
 
 
