@@ -168,3 +168,25 @@ def test_spectral_norm_estimates_are_converged_at_construction(monkeypatch):
     monkeypatch.setattr(trainer, "converge_spectral_norm", lambda net: None)
     torch.manual_seed(0)
     assert _sigma_error(trainer.build_networks(tiny_cfg()).G) > 0.1
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 10, 13), (1, 5, 9, 9), (3, 2, 4, 4)])
+def test_the_separable_blur_is_the_depthwise_fir_filter_and_differentiates_twice(shape, stride):
+    # the D's blur (StyleGAN2's [1, 3, 3, 1] FIR) is computed by shifted views, not a convolution; it must be
+    # the grouped convolution with the normalised outer-product kernel, and R1 differentiates it twice
+    import torch.nn.functional as F
+
+    from usis.nn.layers import _blur_kernel, _depthwise_blur
+
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    kernel = _blur_kernel().double()[None, None].repeat(shape[1], 1, 1, 1)
+    assert kernel[0, 0].sum() == 1 and kernel[0, 0, 1, 1] == 9 / 64
+    want = F.conv2d(x, kernel, stride=stride, groups=shape[1])
+    got = _depthwise_blur(x, stride)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: _depthwise_blur(t, stride), (x,))
+    nhwc = x.detach().float().contiguous(memory_format=torch.channels_last)
+    if shape[1] > 1:
+        assert _depthwise_blur(nhwc, stride).is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(_depthwise_blur(nhwc, stride), want.float(), atol=1e-6)
