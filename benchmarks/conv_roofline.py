@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from usis import config as C
 from usis.train.trainer import Trainer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from train_step import random_bundle  # noqa: E402
+from train_step import add_one_rank_args, one_rank_trainer  # noqa: E402
 
 
 def _median_time(fn, reps: int) -> float:
@@ -95,26 +94,19 @@ def time_conv(shape: tuple, reps: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="synthetic", choices=sorted(C.PRESETS))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
+    add_one_rank_args(p, iters=8)
     p.add_argument("--gemm", type=int, default=1024)
     p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--step-iters", type=int, default=8)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = C.apply_overrides(C.get_preset(args.preset), [*args.overrides, f"train.batch_size={args.batch}",
-                                                         "train.nproc=1", f"train.num_threads={args.threads}"])
-    cfg.train.sample_every = cfg.train.eval_every = cfg.train.ckpt_every = 0
-    bundle = random_bundle(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, tmp, data=(bundle, bundle), progress=False)
+        tr = one_rank_trainer(args, tmp)
+        cfg = tr.cfg
         calls = conv_calls(tr)
         labels = tr.loaders.next_labels()["label"]
         photos = tr.loaders.next_photos()["image"]
         every = max(cfg.train.r1_every, 1)
-        n_iter = max(every, args.step_iters // every * every)
+        n_iter = max(every, args.iters // every * every)
         t0 = time.perf_counter()
         for _ in range(n_iter):
             tr.train_step(labels, photos)

@@ -19,29 +19,19 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from usis import config as C
-from usis.train.trainer import Trainer
-
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from train_step import random_bundle  # noqa: E402
+from train_step import add_one_rank_args, one_rank_trainer  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="synthetic", choices=sorted(C.PRESETS))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--iters", type=int, default=8)
+    add_one_rank_args(p, iters=8)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
-    cfg = C.apply_overrides(C.get_preset(args.preset), [*args.overrides, f"train.batch_size={args.batch}",
-                                                         "train.nproc=1", f"train.num_threads={args.threads}"])
-    cfg.train.sample_every = cfg.train.eval_every = cfg.train.ckpt_every = 0
-    bundle = random_bundle(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, tmp, data=(bundle, bundle), progress=False)
+        tr = one_rank_trainer(args, tmp)
+        cfg = tr.cfg
 
         def one():
             labels = tr.loaders.next_labels()["label"].to(tr.device)

@@ -90,6 +90,25 @@ class _Random(Dataset):
         return {"image": torch.rand(3, *self.shape, generator=g) * 2 - 1, "path": f"random://{i}"}
 
 
+def add_one_rank_args(p: argparse.ArgumentParser, iters: int) -> None:
+    """The options of the one-process benchmarks (profile_step.py, conv_roofline.py)."""
+    p.add_argument("--preset", default="synthetic", choices=sorted(C.PRESETS))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iters", type=int, default=iters)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+
+
+def one_rank_trainer(args, tmp: str) -> Trainer:
+    """A trainer of ``args.preset`` in this one process (``args.batch``, ``args.threads``), nothing periodic,
+    on random data of the preset's size: what one data-parallel rank runs."""
+    cfg = C.apply_overrides(C.get_preset(args.preset), [*args.overrides, f"train.batch_size={args.batch}",
+                                                         "train.nproc=1", f"train.num_threads={args.threads}"])
+    cfg.train.sample_every = cfg.train.eval_every = cfg.train.ckpt_every = 0
+    bundle = random_bundle(cfg)
+    return Trainer(cfg, tmp, data=(bundle, bundle), progress=False)
+
+
 def random_bundle(cfg) -> DataBundle:
     """Random label maps and photos of ``cfg``'s size and classes (at least 64 of each)."""
     h, w, nc = cfg.data.height, cfg.data.width, cfg.data.num_classes
