@@ -30,8 +30,13 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import usis, torch, torchmetrics" || (echo "install failed" && exit 1)
 	@touch $(STAMP)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), a test file each at a time (its module fixtures built
+# once): most tests run one thread and wait on subprocesses, so two workers keep both cores of a 2-core machine
+# busy. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
