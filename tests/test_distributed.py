@@ -38,6 +38,59 @@ def test_average_gradients_is_the_mean_over_ranks():
         assert flags == [True, False]  # rank 1's flag reached rank 0 too
 
 
+def _shm_worker(dist: Dist, fail_room: bool):
+    import usis.train.distributed as D
+
+    if fail_room and dist.rank == 0:  # /dev/shm without the room (a container's 64 MB): gloo for every set
+        def no_room(fd, offset, length):
+            raise OSError(28, "No space left on device")
+        D.os.posix_fallocate = no_room
+    shm = D._shm
+    nets = [torch.nn.Linear(7, 5), torch.nn.Conv2d(3, 4, 3)]
+    results = {"shm": [], "gloo": []}
+    for path in ("shm", "gloo"):
+        D._shm = shm if path == "shm" else None
+        torch.manual_seed(10 + dist.rank)
+        for _ in range(5):  # generations; two sets in flight at once, finished in the other order
+            for net in nets:
+                for p in net.parameters():
+                    p.grad = torch.randn_like(p)
+            first = dist.start_averaging(nets[0].parameters())
+            second = dist.start_averaging(nets[1].parameters())
+            second.wait()
+            first.wait()
+            results[path].append([p.grad.clone() for net in nets for p in net.parameters()])
+    D._shm = shm
+    used = shm is not None and any(v is not None for v in shm.sets.values())
+    return dist.all_gather_object((results, used))
+
+
+def test_shared_memory_average_equals_gloo_bit_for_bit():
+    """launch() on a CPU averages through /dev/shm: the same bits as gloo's all-reduce, on every rank, with two
+    averages in flight at once (each set's generations alternate between the two halves of its buffer)."""
+    per_rank = launch(_shm_worker, 2, (False,))
+    for results, used in per_rank:
+        assert used == (__import__("platform").machine().lower() in ("x86_64", "amd64"))
+        for a, b in zip(results["shm"], results["gloo"], strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    for a, b in zip(per_rank[0][0]["shm"], per_rank[1][0]["shm"], strict=True):  # the ranks agree
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # the mean, not just the same on both: rank 0's and rank 1's draws averaged
+    torch.manual_seed(10)
+    r0 = [torch.randn(5, 7), torch.randn(5)]
+    torch.manual_seed(11)
+    r1 = [torch.randn(5, 7), torch.randn(5)]
+    assert torch.equal(per_rank[0][0]["shm"][0][0], (r0[0] + r1[0]) / 2)
+
+
+def test_shared_memory_without_room_falls_back_to_gloo_on_every_rank():
+    per_rank = launch(_shm_worker, 2, (True,))
+    for results, used in per_rank:
+        assert not used  # rank 1 could have mapped nothing: both went to gloo
+        for a, b in zip(results["shm"], results["gloo"], strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def _fingerprint(trainer: Trainer) -> str:
     h = hashlib.sha256()
     for name, net in trainer.nets.named().items():

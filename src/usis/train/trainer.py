@@ -27,7 +27,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,15 +263,19 @@ class Trainer:
         # detached) with the same weights, so one forward of S serves both: the backward of the G loss also
         # yields lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
         share_s = t.lambda_seg > 0 and not t.fresh_fakes
+        # Likewise D's forward on the fakes: D does not change before its own step, so that step takes its
+        # logits from this forward (its graph kept; each backward below reaches only its own parameters).
+        share_d = not t.fresh_fakes
         reverse = self.nets.D_label is not None
         self._requires_grad(self.nets.G, True)
         self._requires_grad(self.nets.S, share_s)
-        self._requires_grad(self.nets.D, False)
+        self._requires_grad(self.nets.D, share_d)
         self._requires_grad(self.nets.D_label, False)
         with self.speed.autocast():
             fake = G(m)
             loss_g_seg = segmentation_loss(t.seg_loss, S(fake).float(), labels, self.dontcare, extra)
-            loss_g_adv = g_nonsaturating_loss(D(fake).float())
+            fake_logits = D(fake)
+            loss_g_adv = g_nonsaturating_loss(fake_logits.float())
             loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
             if reverse:  # G's half of the reverse cycle: rebuild the photo from S's (fixed) reading of it
                 with torch.no_grad():
@@ -281,17 +285,22 @@ class Trainer:
                 out["loss_rev"] = loss_rev_g.detach()
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.dist.average_gradients(self.g_and_s_params if share_s and not reverse else self.nets.G.parameters())
-        self.opt_g.step()
+        g_and_s = self.g_and_s_params if share_s else list(self.nets.G.parameters())
+        loss_g.backward(inputs=g_and_s if share_d else None, retain_graph=share_d)
+        # G's gradient average (and S's, when S's forward is shared) runs in the background through S's and
+        # D's steps, which read neither G's gradients nor its new weights (D sees ``fake``, made before G's
+        # update) -- unless D gets fresh fakes or the reverse cycle runs G again: then G updates first.
+        overlap = not t.fresh_fakes and not reverse
+        pending = self.dist.start_averaging(self.g_and_s_params if share_s and not reverse else self.nets.G.parameters())
+        if not overlap:
+            pending.wait()
+            self.opt_g.step()
         fake = fake.detach()
 
         if share_s:
             loss_s = loss_g_seg
-            if t.lambda_seg != 1:
-                grads = [p.grad for p in self.nets.S.parameters() if p.grad is not None]
-                if grads:
-                    torch._foreach_div_(grads, t.lambda_seg)
+            if not overlap:
+                self._unscale_shared_s_grads()
         else:
             self._requires_grad(self.nets.S, True)
             fake_s = self._fresh_fake(m) if t.fresh_fakes else fake
@@ -311,10 +320,21 @@ class Trainer:
             loss_rev_s.backward()
             self.dist.average_gradients(self.nets.S.parameters())
             m_real = m_real.detach()
-        self.opt_s.step()
+        if not overlap:
+            self.opt_s.step()
 
-        # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos)
-        out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake))
+        def update_g_and_s():  # G's (and S's) averaged gradients, now needed
+            pending.wait()
+            self.opt_g.step()
+            if share_s:
+                self._unscale_shared_s_grads()
+            self.opt_s.step()
+
+        # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos); G and S update
+        # while D's gradients are averaged
+        out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake,
+                               fake_logits if share_d else None, meanwhile=update_g_and_s if overlap else None))
+        del fake_logits  # the kept graph (G's and D's forward) goes with it
         if m_real is not None:  # the reverse cycle's label discriminator: label-stream maps vs S's readings
             DL = self.speed.fwd.D_label
             self._requires_grad(self.nets.D_label, True)
@@ -335,13 +355,24 @@ class Trainer:
         return out
 
     @torch.no_grad()
+    def _unscale_shared_s_grads(self) -> None:
+        """S's gradients from G's loss are ``lambda_seg * dL_seg/dtheta_S``: make them S's own."""
+        lam = self.cfg.train.lambda_seg
+        grads = [p.grad for p in self.nets.S.parameters() if p.grad is not None]
+        if lam != 1 and grads:
+            torch._foreach_div_(grads, lam)
+
+    @torch.no_grad()
     def _fresh_fake(self, m: torch.Tensor) -> torch.Tensor:
         """A new fake batch for the label maps ``m``: new noise, G as it is now (after its update)."""
         with self.speed.autocast():
             return self.speed.fwd.G(m)
 
-    def d_step(self, photos: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch.
+    def d_step(self, photos: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None = None,
+               meanwhile: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+        """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch; ``fake_logits``:
+        D's logits on ``fake`` when a forward with D as it is now already has them (the G step's);
+        ``meanwhile``: work that touches nothing of D's, done while D's gradients are averaged.
 
         ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``; how the lazy R1 penalty
         (every ``train.r1_every`` steps) enters depends on ``train.r1_mode``:
@@ -361,7 +392,8 @@ class Trainer:
         with self.speed.autocast():
             # R1 differentiates D's gradient (double backward): that pass runs eager, never compiled
             real_logits, feats = (self.speed.eager.D if fused_r1 else D)(real, return_features=True)
-            fake_logits = D(fake)
+            if fake_logits is None:
+                fake_logits = D(fake)
             loss_d_adv = d_logistic_loss(real_logits.float(), fake_logits.float())
             loss_d = loss_d_adv
             if dec is not None:
@@ -375,8 +407,11 @@ class Trainer:
         elif t.r1_mode == "reference" and t.r1_every > 0:
             loss_d = t.r1_every * loss_d
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.dist.average_gradients(self.d_params)
+        loss_d.backward(inputs=self.d_params)  # not into the photos (R1's leaf) nor, via shared logits, G
+        pending = self.dist.start_averaging(self.d_params)
+        if meanwhile is not None:
+            meanwhile()
+        pending.wait()
         self.opt_d.step()
         if lazy and t.r1_mode == "reference":
             real = photos.detach().requires_grad_(True)
