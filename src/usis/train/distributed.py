@@ -36,8 +36,10 @@ from __future__ import annotations
 import atexit
 import ctypes
 import datetime
+import mmap
 import os
 import pickle
+import platform
 import re
 import signal
 import socket
@@ -49,6 +51,7 @@ from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -241,13 +244,9 @@ class _SharedMemoryAverage:
 
     @staticmethod
     def available() -> bool:
-        import platform
         return platform.machine().lower() in ("x86_64", "amd64") and Path("/dev/shm").is_dir()
 
     def _map(self, path: Path, nbytes: int, create: bool):
-        import mmap
-
-        import numpy as np
         fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
         try:
             if create:
