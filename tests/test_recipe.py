@@ -204,3 +204,31 @@ def test_ema_without_warmup_uses_the_decay_from_the_first_step():
     update_ema(ema, model, 0.9, step=0, warmup=True)  # warm-up: min(0.9, 1 / 10) = 0.1
     assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1 * 0.1 + 0.9))
     assert C.get_preset("cityscapes").train.ema_warmup is False  # the reference has none
+
+
+@pytest.mark.parametrize("step", [0, 1])  # with and without the lazy R1 term (train.r1_every=2)
+def test_d_step_on_the_g_steps_fake_logits_is_the_same_update(tmp_path, step):
+    """D's step may take its fake logits from the G step's forward (D unchanged in between): the same D and
+    decoder, bit for bit, as a forward of its own, and its backward does not reach G through them."""
+    trainers = []
+    for k in range(2):
+        torch.manual_seed(0)
+        tr = Trainer(tiny_cfg(), tmp_path / str(k), progress=False)
+        tr.step = step
+        trainers.append(tr)
+    a, b = trainers
+    photos, fake = _d_inputs(a)
+    upstream = fake.clone().requires_grad_(True)  # stands for G's output: the graph under the fake logits
+    b.nets.D.requires_grad_(True)
+    logits = b.nets.D(upstream)
+    forwards = {"a": 0, "b": 0}
+    for name, tr in (("a", a), ("b", b)):
+        tr.nets.D.register_forward_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
+    b.d_step(photos, fake, logits)
+    a.d_step(photos, fake)
+    assert forwards == {"a": 2, "b": 1}  # real and fake; real only
+    assert upstream.grad is None
+    for net in ("D", "decoder"):
+        for (k, x), (_, y) in zip(getattr(a.nets, net).state_dict().items(), getattr(b.nets, net).state_dict().items(),
+                                  strict=True):
+            assert torch.equal(x, y), f"{net}.{k}"
