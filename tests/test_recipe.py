@@ -232,3 +232,16 @@ def test_d_step_on_the_g_steps_fake_logits_is_the_same_update(tmp_path, step):
         for (k, x), (_, y) in zip(getattr(a.nets, net).state_dict().items(), getattr(b.nets, net).state_dict().items(),
                                   strict=True):
             assert torch.equal(x, y), f"{net}.{k}"
+
+
+@pytest.mark.parametrize("d_type, forwards", [("wavelet", 2), ("patch", 3)])
+def test_the_g_steps_d_forward_is_shared_only_when_d_has_no_state_to_advance(tmp_path, d_type, forwards):
+    """The wavelet D's forward is pure: its step reuses the G step's logits on the fakes (two D forwards per
+    step: fake, real). The PatchGAN's spectral norm advances its power iteration at every forward: three,
+    as in the reference."""
+    tr = Trainer(tiny_cfg(f"model.d_type={d_type}"), tmp_path, progress=False)
+    tr.step = 1  # no R1 this step
+    count = [0]
+    tr.nets.D.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    tr.train_step(tr.loaders.next_labels()["label"], tr.loaders.next_photos()["image"])
+    assert count[0] == forwards

@@ -70,6 +70,17 @@ from usis.utils.images import colorize_tensor, save_grid
 from usis.utils.io import disk_full_reason, format_size
 
 
+def forward_is_pure(module: nn.Module) -> bool:
+    """Whether a training-mode forward of ``module`` leaves its state as it was: no spectral norm (whose
+    forward runs a power iteration on its vectors) and no normalisation with running statistics."""
+    for m in module.modules():
+        if hasattr(m, "weight_u") or hasattr(m, "parametrizations"):
+            return False
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            return False
+    return True
+
+
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
@@ -166,6 +177,7 @@ class Trainer:
         self.opt_dl = (torch.optim.Adam(self.nets.D_label.parameters(), lr=t.lr_d, **adam)
                        if self.nets.D_label is not None else None)
         self.d_params = d_params
+        self._d_forward_is_pure = forward_is_pure(self.nets.D)
         self.g_and_s_params = list(self.nets.G.parameters()) + list(self.nets.S.parameters())
 
         self.loaders = make_loaders(self.train_data, batch_size=self.local_batch, seed=t.seed,
@@ -265,7 +277,9 @@ class Trainer:
         share_s = t.lambda_seg > 0 and not t.fresh_fakes
         # Likewise D's forward on the fakes: D does not change before its own step, so that step takes its
         # logits from this forward (its graph kept; each backward below reaches only its own parameters).
-        share_d = not t.fresh_fakes
+        # Not for a D whose forward changes its state (spectral norm's power iteration, as in the PatchGAN
+        # ablation): there every forward counts, as in the reference.
+        share_d = not t.fresh_fakes and self._d_forward_is_pure
         reverse = self.nets.D_label is not None
         self._requires_grad(self.nets.G, True)
         self._requires_grad(self.nets.S, share_s)
