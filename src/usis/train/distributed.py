@@ -202,19 +202,24 @@ class PendingAverage:
     def __init__(self, grads=(), flat=None, work=None, rank: int = 0, world_size: int = 1):
         self.grads, self.flat, self.work = list(grads), flat, work
         self.rank, self.world_size = rank, world_size
+        self.pending = bool(self.grads)
+
+    def _sum(self) -> torch.Tensor:
+        """The flat sum of every rank's gradients, once all of them have arrived."""
+        with _collective("all_reduce", self.rank):
+            self.work.wait()
+        return self.flat
 
     @torch.no_grad()
     def wait(self) -> None:
-        if self.work is None:
+        if not self.pending:
             return
-        work, self.work = self.work, None
-        with _collective("all_reduce", self.rank):
-            work.wait()
-        flat = self.flat.div_(self.world_size)
+        self.pending = False
+        mean = self._sum().div_(self.world_size)
         offset = 0
         for g in self.grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(mean[offset:offset + n].view_as(g))
             offset += n
 
 
@@ -239,7 +244,7 @@ class _SharedMemoryAverage:
 
     def __init__(self, tag: str, rank: int, world: int):
         self.tag, self.rank, self.world = tag, rank, world
-        self.sets: dict[tuple, Any] = {}  # parameter-set key -> (data, ctl, pids) views, or None (gloo)
+        self.sets: dict[tuple, Any] = {}  # parameter-set key -> (data, gens, pids) views, or None (gloo)
         self.gen: dict[tuple, int] = {}
 
     @staticmethod
@@ -258,7 +263,7 @@ class _SharedMemoryAverage:
             os.close(fd)
         return np.frombuffer(mm, dtype=np.uint8)
 
-    def _setup(self, key: tuple, numel: int):
+    def _setup(self, numel: int):
         """Rank 0 creates the buffer, the others map it; None (gloo for this set) unless all of them could."""
         path = Path("/dev/shm") / f"{self.tag}-{len(self.sets)}"
         ctl_bytes = 8 * 2 * self.world  # generations, then pids, int64
@@ -290,7 +295,7 @@ class _SharedMemoryAverage:
             return None
         key = tuple(id(p) for p in params) + (sum(g.numel() for g in grads),)  # the same parameter set
         if key not in self.sets:
-            self.sets[key] = self._setup(key, key[-1])
+            self.sets[key] = self._setup(key[-1])
             self.gen[key] = 0
         entry = self.sets[key]
         if entry is None:
@@ -303,8 +308,11 @@ class _SharedMemoryAverage:
 
 
 class _SharedPending(PendingAverage):
+    """An average in flight through :class:`_SharedMemoryAverage`: this rank's slot of generation ``gen``
+    is written; the sum waits for the other ranks' slots."""
+
     def __init__(self, owner: _SharedMemoryAverage, grads, slots, gens, pids, gen: int):
-        super().__init__(grads, None, True, owner.rank, owner.world)
+        super().__init__(grads, rank=owner.rank, world_size=owner.world)
         self.slots, self.gens, self.pids, self.gen = slots, gens, pids, gen
 
     def _wait_for_others(self) -> None:
@@ -328,21 +336,12 @@ class _SharedPending(PendingAverage):
         with _collective("all_reduce", self.rank):
             raise RuntimeError(reason)
 
-    @torch.no_grad()
-    def wait(self) -> None:
-        if self.work is None:
-            return
-        self.work = None
+    def _sum(self) -> torch.Tensor:
         self._wait_for_others()
         acc = self.slots[0].clone()
-        for q in range(1, self.world_size):
+        for q in range(1, self.world_size):  # in rank order, the same on every rank
             acc.add_(self.slots[q])
-        acc.div_(self.world_size)
-        offset = 0
-        for g in self.grads:
-            n = g.numel()
-            g.copy_(acc[offset:offset + n].view_as(g))
-            offset += n
+        return acc
 
 
 def _pid_alive(pid: int) -> bool:

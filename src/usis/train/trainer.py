@@ -178,7 +178,8 @@ class Trainer:
                        if self.nets.D_label is not None else None)
         self.d_params = d_params
         self._d_forward_is_pure = forward_is_pure(self.nets.D)
-        self.g_and_s_params = list(self.nets.G.parameters()) + list(self.nets.S.parameters())
+        self.g_params = list(self.nets.G.parameters())
+        self.g_and_s_params = self.g_params + list(self.nets.S.parameters())
 
         self.loaders = make_loaders(self.train_data, batch_size=self.local_batch, seed=t.seed,
                                     num_workers=min(cfg.data.num_workers, os.cpu_count() or 1),
@@ -299,13 +300,13 @@ class Trainer:
                 out["loss_rev"] = loss_rev_g.detach()
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_s.zero_grad(set_to_none=True)
-        g_and_s = self.g_and_s_params if share_s else list(self.nets.G.parameters())
+        g_and_s = self.g_and_s_params if share_s else self.g_params  # what G's loss trains
         loss_g.backward(inputs=g_and_s if share_d else None, retain_graph=share_d)
         # G's gradient average (and S's, when S's forward is shared) runs in the background through S's and
         # D's steps, which read neither G's gradients nor its new weights (D sees ``fake``, made before G's
         # update) -- unless D gets fresh fakes or the reverse cycle runs G again: then G updates first.
         overlap = not t.fresh_fakes and not reverse
-        pending = self.dist.start_averaging(self.g_and_s_params if share_s and not reverse else self.nets.G.parameters())
+        pending = self.dist.start_averaging(self.g_params if reverse else g_and_s)  # reverse: S's comes later
         if not overlap:
             pending.wait()
             self.opt_g.step()
