@@ -245,3 +245,32 @@ def test_the_g_steps_d_forward_is_shared_only_when_d_has_no_state_to_advance(tmp
     tr.nets.D.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
     tr.train_step(tr.loaders.next_labels()["label"], tr.loaders.next_photos()["image"])
     assert count[0] == forwards
+
+
+@pytest.mark.parametrize("r1_mode, step", [("fused", 1), ("fused", 4), ("reference", 1), ("reference", 4)])
+def test_a_deferred_d_update_is_the_same_update_finished_later(tmp_path, r1_mode, step):
+    """A data-parallel step leaves the end of D's update (its average, its optimizer step) to the next step's
+    ``finish_pending_updates``: until then D is as it was; then D, the decoder and D's optimizer state are
+    those of the update done at once, bit for bit. The reference's R1 step needs D updated: not deferred."""
+    trainers = []
+    for k in range(2):
+        torch.manual_seed(0)
+        tr = Trainer(tiny_cfg(f"train.r1_mode={r1_mode}", "train.r1_every=4"), tmp_path / str(k), progress=False)
+        tr.step = step
+        trainers.append(tr)
+    now, later = trainers
+    photos, fake = _d_inputs(now)
+    before = copy.deepcopy(later.nets.D.state_dict())
+    now.d_step(photos, fake)
+    later.d_step(photos, fake, defer=True)
+    deferred = r1_mode == "fused" or step % 4
+    assert (later._pending_d_update is not None) == bool(deferred)
+    if deferred:  # nothing of D changed yet
+        assert all(torch.equal(v, later.nets.D.state_dict()[k]) for k, v in before.items())
+    state = later.state_dict()  # reading the state finishes the update
+    assert later._pending_d_update is None
+    for net in ("D", "decoder"):
+        for (k, x), (_, y) in zip(getattr(now.nets, net).state_dict().items(), state[net].items(), strict=True):
+            assert torch.equal(x, y), f"{net}.{k}"
+    a, b = now.opt_d.state_dict()["state"], state["optim"]["D"]["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)

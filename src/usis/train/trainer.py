@@ -178,6 +178,9 @@ class Trainer:
                        if self.nets.D_label is not None else None)
         self.d_params = d_params
         self._d_forward_is_pure = forward_is_pure(self.nets.D)
+        # a data-parallel run finishes D's update (its gradient average, its optimizer step) at the next step,
+        # just before D's next forward (see d_step): None, or the function that finishes it
+        self._pending_d_update: Callable[[], None] | None = None
         self.g_params = list(self.nets.G.parameters())
         self.g_and_s_params = self.g_params + list(self.nets.S.parameters())
 
@@ -289,6 +292,8 @@ class Trainer:
         with self.speed.autocast():
             fake = G(m)
             loss_g_seg = segmentation_loss(t.seg_loss, S(fake).float(), labels, self.dontcare, extra)
+        self.finish_pending_updates()  # the last step's D update, if it was left for now: D is needed next
+        with self.speed.autocast():
             fake_logits = D(fake)
             loss_g_adv = g_nonsaturating_loss(fake_logits.float())
             loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
@@ -346,9 +351,10 @@ class Trainer:
             self.opt_s.step()
 
         # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos); G and S update
-        # while D's gradients are averaged
+        # while D's gradients are averaged; in a data-parallel run D's update is finished at the next step
         out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake,
-                               fake_logits if share_d else None, meanwhile=update_g_and_s if overlap else None))
+                               fake_logits if share_d else None, meanwhile=update_g_and_s if overlap else None,
+                               defer=self.dist.enabled))
         del fake_logits  # the kept graph (G's and D's forward) goes with it
         if m_real is not None:  # the reverse cycle's label discriminator: label-stream maps vs S's readings
             DL = self.speed.fwd.D_label
@@ -369,6 +375,14 @@ class Trainer:
                    loss_s=loss_s.detach())
         return out
 
+    def finish_pending_updates(self) -> None:
+        """Finish the update :meth:`d_step` left pending (D's gradient average and optimizer step), if any.
+        Called before D's next forward and before anything reads the weights or optimizer states (a save,
+        :meth:`state_dict`, the finiteness check); every rank reaches it at the same point."""
+        finish, self._pending_d_update = self._pending_d_update, None
+        if finish is not None:
+            finish()
+
     @torch.no_grad()
     def _unscale_shared_s_grads(self) -> None:
         """S's gradients from G's loss are ``lambda_seg * dL_seg/dtheta_S``: make them S's own."""
@@ -384,10 +398,15 @@ class Trainer:
             return self.speed.fwd.G(m)
 
     def d_step(self, photos: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None = None,
-               meanwhile: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+               meanwhile: Callable[[], None] | None = None, defer: bool = False) -> dict[str, torch.Tensor]:
         """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch; ``fake_logits``:
         D's logits on ``fake`` when a forward with D as it is now already has them (the G step's);
-        ``meanwhile``: work that touches nothing of D's, done while D's gradients are averaged.
+        ``meanwhile``: work that touches nothing of D's, done while D's gradients are averaged; ``defer``:
+        leave the end of D's update (waiting for the average, the optimizer step) to
+        :meth:`finish_pending_updates`, which the next step calls just before D's next forward. The result is
+        the same (nothing in between reads D); a data-parallel step so gives the other ranks the time of G's
+        update and of the next G and S forwards to deliver their D gradients, instead of none: on a CPU two
+        ranks that run the same step at slightly different speeds otherwise wait for each other here.
 
         ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``; how the lazy R1 penalty
         (every ``train.r1_every`` steps) enters depends on ``train.r1_mode``:
@@ -426,8 +445,15 @@ class Trainer:
         pending = self.dist.start_averaging(self.d_params)
         if meanwhile is not None:
             meanwhile()
-        pending.wait()
-        self.opt_d.step()
+
+        def finish():
+            pending.wait()
+            self.opt_d.step()
+
+        if defer and not (lazy and t.r1_mode == "reference"):  # the reference's R1 step needs D updated now
+            self._pending_d_update = finish
+        else:
+            finish()
         if lazy and t.r1_mode == "reference":
             real = photos.detach().requires_grad_(True)
             with self.speed.autocast():
@@ -444,6 +470,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
+        self.finish_pending_updates()
         state: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -462,6 +489,7 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.finish_pending_updates()  # (every rank loads: the pending average completes everywhere)
         for name, net in self.nets.named().items():
             if name not in state:
                 raise KeyError(f"checkpoint has no {name!r} weights")
@@ -534,6 +562,7 @@ class Trainer:
     @torch.no_grad()
     def _weights_finite(self) -> bool:
         """True when every parameter and buffer of every network is finite (checked before each save)."""
+        self.finish_pending_updates()
         for net in self.nets.named().values():
             for t in list(net.parameters()) + list(net.buffers()):
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
