@@ -32,10 +32,36 @@ def test_constant_image_has_only_low_band():
 
 
 def test_transforms_are_differentiable():
+    # each one's backward is the other (the adjoint of an orthonormal transform is its inverse); twice for R1
     x = torch.randn(1, 2, 4, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(dwt, (x,))
+    assert torch.autograd.gradgradcheck(dwt, (x,))
     y = torch.randn(1, 8, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(iwt, (y,))
+    assert torch.autograd.gradgradcheck(iwt, (y,))
+
+
+def _haar_by_definition(x):
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.cat(((a + b + c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a - b - c + d) / 2), dim=1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_butterfly_is_the_haar_transform_in_either_memory_format(channels_last):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 6, 10, dtype=torch.float64, generator=g)
+    y = torch.randn(2, 12, 3, 4, dtype=torch.float64, generator=g)
+    if channels_last:
+        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert torch.allclose(dwt(x), _haar_by_definition(x), rtol=0, atol=1e-12)
+    assert dwt(x).is_contiguous(memory_format=fmt) and iwt(y).is_contiguous(memory_format=fmt)
+    assert torch.allclose(_haar_by_definition(iwt(y)), y, rtol=0, atol=1e-12)  # iwt inverts the definition
+    # the backward of each is the other: the gradient of <dwt(x), w> is iwt(w)
+    xg = x.clone().requires_grad_(True)
+    w = torch.randn(2, 20, 3, 5, dtype=torch.float64, generator=g)
+    (dwt(xg) * w).sum().backward()
+    assert torch.allclose(xg.grad, iwt(w), rtol=0, atol=1e-12)
 
 
 def test_wavelet_upsample_doubles_resolution_and_keeps_smooth_images():

@@ -4,7 +4,9 @@
 ``[LL, LH, HL, HH]`` (each C channels, the SWAGAN layout); ``iwt`` is its exact inverse. The filters
 are the orthonormal 2x2 Haar filters (LL = 1/2 [[1, 1], [1, 1]], ...), so the transform preserves the
 energy (sum of squares) and ``iwt(dwt(x)) == x`` up to float rounding. Both are plain tensor
-arithmetic (no convolutions), differentiable, and work on any device and dtype.
+arithmetic (no convolutions: a butterfly of sums and differences over strided views, written into the
+output), differentiable any number of times (each one's backward is the other), and work on any device,
+dtype and memory format.
 """
 
 from __future__ import annotations
@@ -13,34 +15,79 @@ import torch
 import torch.nn.functional as F
 
 
+def _empty_like_layout(ref: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """An uninitialised ``shape`` tensor in ``ref``'s dtype, device and memory format (NCHW or NHWC)."""
+    nhwc = ref.shape[1] > 1 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    return torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=fmt)
+
+
+def _dwt(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    top, bottom = x[..., 0::2, :], x[..., 1::2, :]
+    s, d = top + bottom, top - bottom  # rows: a + c, b + d | a - c, b - d
+    out = _empty_like_layout(x, (n, 4 * c, h // 2, w // 2))
+    torch.add(s[..., 0::2], s[..., 1::2], out=out[:, :c])  # LL: a + b + c + d
+    torch.add(d[..., 0::2], d[..., 1::2], out=out[:, c:2 * c])  # LH: a + b - c - d
+    torch.sub(s[..., 0::2], s[..., 1::2], out=out[:, 2 * c:3 * c])  # HL: a - b + c - d
+    torch.sub(d[..., 0::2], d[..., 1::2], out=out[:, 3 * c:])  # HH: a - b - c + d
+    return out.mul_(0.5)
+
+
+def _iwt(y: torch.Tensor) -> torch.Tensor:
+    n, c4, h, w = y.shape
+    c = c4 // 4
+    ll, lh, hl, hh = y[:, :c], y[:, c:2 * c], y[:, 2 * c:3 * c], y[:, 3 * c:]
+    u, v, u2, v2 = ll + lh, hl + hh, ll - lh, hl - hh
+    out = _empty_like_layout(y, (n, c, 2 * h, 2 * w))
+    # the 2x2 block of every coefficient as two extra dimensions of a view of the output
+    if out.is_contiguous():
+        blocks = out.view(n, c, h, 2, w, 2)
+    else:  # NHWC
+        blocks = out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c).permute(0, 5, 1, 2, 3, 4)
+    torch.add(u, v, out=blocks[:, :, :, 0, :, 0])  # a = LL + LH + HL + HH
+    torch.sub(u, v, out=blocks[:, :, :, 0, :, 1])  # b = LL + LH - HL - HH
+    torch.add(u2, v2, out=blocks[:, :, :, 1, :, 0])  # c = LL - LH + HL - HH
+    torch.sub(u2, v2, out=blocks[:, :, :, 1, :, 1])  # d = LL - LH - HL + HH
+    return out.mul_(0.5)
+
+
+class _DWT(torch.autograd.Function):
+    """The transform is orthonormal: its adjoint (what the backward applies) is its inverse, ``iwt``.
+    One backward op where autograd through the slices would build four zero-filled full-size gradients
+    and add them up; differentiable again (R1's double backward) through :class:`_IWT`."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _dwt(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _IWT.apply(grad)
+
+
+class _IWT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return _iwt(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _DWT.apply(grad)
+
+
 def dwt(x: torch.Tensor) -> torch.Tensor:
     """Haar analysis: ``N x C x H x W`` -> ``N x 4C x H/2 x W/2`` as ``[LL, LH, HL, HH]``."""
     if x.dim() != 4 or x.shape[-1] % 2 or x.shape[-2] % 2:
         raise ValueError(f"dwt expects N x C x H x W with even H and W, got {tuple(x.shape)}")
-    a = x[..., 0::2, 0::2]
-    b = x[..., 0::2, 1::2]
-    c = x[..., 1::2, 0::2]
-    d = x[..., 1::2, 1::2]
-    ll = (a + b + c + d) * 0.5
-    lh = (a + b - c - d) * 0.5  # difference between rows: horizontal edges
-    hl = (a - b + c - d) * 0.5  # difference between columns: vertical edges
-    hh = (a - b - c + d) * 0.5
-    return torch.cat((ll, lh, hl, hh), dim=1)
+    return _DWT.apply(x)
 
 
 def iwt(y: torch.Tensor) -> torch.Tensor:
     """Haar synthesis, the exact inverse of :func:`dwt`: ``N x 4C x h x w`` -> ``N x C x 2h x 2w``."""
     if y.dim() != 4 or y.shape[1] % 4:
         raise ValueError(f"iwt expects N x 4C x h x w, got {tuple(y.shape)}")
-    ll, lh, hl, hh = y.chunk(4, dim=1)
-    a = (ll + lh + hl + hh) * 0.5
-    b = (ll + lh - hl - hh) * 0.5
-    c = (ll - lh + hl - hh) * 0.5
-    d = (ll - lh - hl + hh) * 0.5
-    n, ch, h, w = a.shape
-    top = torch.stack((a, b), dim=-1).reshape(n, ch, h, 2 * w)  # interleave columns
-    bottom = torch.stack((c, d), dim=-1).reshape(n, ch, h, 2 * w)
-    return torch.stack((top, bottom), dim=-2).reshape(n, ch, 2 * h, 2 * w)  # interleave rows
+    return _IWT.apply(y)
 
 
 def wavelet_upsample(y: torch.Tensor) -> torch.Tensor:
