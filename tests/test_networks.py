@@ -190,3 +190,21 @@ def test_the_separable_blur_is_the_depthwise_fir_filter_and_differentiates_twice
     if shape[1] > 1:
         assert _depthwise_blur(nhwc, stride).is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(_depthwise_blur(nhwc, stride), want.float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_conditioning_pyramid_is_nearest_neighbour_resizing(channels_last):
+    # exact halvings are strided copies; a size that does not halve (96 / 64) goes through the interpolation
+    import torch.nn.functional as F
+
+    from usis.nn.generator import BaseGenerator
+
+    seg = torch.randn(2, 7, 96, 128)
+    if channels_last:
+        seg = seg.contiguous(memory_format=torch.channels_last)
+    segs = BaseGenerator.pyramid(seg, 6)
+    assert list(segs) == [(96 >> k, 128 >> k) for k in range(7)]
+    for size, t in segs.items():
+        assert torch.equal(t, F.interpolate(seg, size=size, mode="nearest")), size
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert t.is_contiguous(memory_format=fmt)

@@ -36,6 +36,10 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if _channels_last(x) else torch.contiguous_format
+
+
 class SPADEResBlock(nn.Module):
     """``x + conv(act(SPADE(conv(act(SPADE(x))))))`` with a learned 1x1 shortcut when widths differ.
 
@@ -148,7 +152,12 @@ class BaseGenerator(Pretrained):
         h, w = seg.shape[-2:]
         segs = {(h, w): seg}
         for k in range(1, levels + 1):
-            segs[(h >> k, w >> k)] = F.interpolate(seg, size=(h >> k, w >> k), mode="nearest")
+            s = 1 << k
+            if h % s or w % s:  # not an exact halving: nearest-neighbour interpolation
+                segs[(h >> k, w >> k)] = F.interpolate(seg, size=(h >> k, w >> k), mode="nearest")
+            else:  # nearest-neighbour by 2**k picks the first pixel of every s x s block: a strided copy (the same
+                # values; the interpolation kernel took ~0.6 ms per level on a CPU for the synthetic preset)
+                segs[(h >> k, w >> k)] = seg[..., ::s, ::s].contiguous(memory_format=_memory_format(seg))
         return segs
 
     def synthesize(self, seg: torch.Tensor) -> torch.Tensor:
