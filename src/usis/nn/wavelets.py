@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from usis.nn.layers import _is_channels_last
+
 
 def _empty_like_layout(ref: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
     """An uninitialised ``shape`` tensor in ``ref``'s dtype, device and memory format (NCHW or NHWC)."""
-    nhwc = ref.shape[1] > 1 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    fmt = torch.channels_last if _is_channels_last(ref) else torch.contiguous_format
     return torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=fmt)
 
 
