@@ -170,6 +170,80 @@ def test_spectral_norm_estimates_are_converged_at_construction(monkeypatch):
     assert _sigma_error(trainer.build_networks(tiny_cfg()).G) > 0.1
 
 
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_our_spectral_norm_is_torchs_forward_with_its_gradient(kernel):
+    # maybe_sn keeps torch.nn.utils.spectral_norm's parameters, buffers and forward (bit for bit on an NCHW
+    # weight, training and eval mode) and replaces only its gradient by the closed form: the same to float64
+    # rounding, first and second order (R1's double backward), and in either memory format
+    import copy
+
+    from torch import nn
+    from torch.nn.utils import spectral_norm
+
+    from usis.nn.layers import SpectralNorm, maybe_sn
+
+    base = nn.Conv2d(5, 8, kernel).double()
+    torch.manual_seed(1)
+    ref = spectral_norm(copy.deepcopy(base))
+    torch.manual_seed(1)
+    ours = maybe_sn(copy.deepcopy(base), True)
+    assert any(isinstance(h, SpectralNorm) for h in ours._forward_pre_hooks.values())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 5, 7, 7, dtype=torch.float64, requires_grad=True)
+
+    def grads(m, create_graph=False):
+        y = m(x)
+        if create_graph:  # R1-like: the gradient of a function of the input gradient
+            (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+            return y, torch.autograd.grad(gx.square().sum(), m.weight_orig)[0]
+        return y, torch.autograd.grad(y.square().sum(), m.weight_orig)[0]
+
+    for mode in ("train", "train", "eval"):
+        for m in (ref, ours, nhwc):
+            m.train(mode == "train")
+        for second in (False, True):
+            (y_ref, g_ref), (y, g), (y_cl, g_cl) = grads(ref, second), grads(ours, second), grads(nhwc, second)
+            assert torch.equal(y, y_ref) and torch.equal(ours.weight_u, ref.weight_u)
+            assert torch.equal(ours.weight_v, ref.weight_v)
+            assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-12)
+            assert torch.allclose(y_cl, y_ref, rtol=1e-10, atol=1e-12)
+            assert torch.allclose(nhwc.weight_v, ref.weight_v, rtol=1e-10, atol=1e-12)
+            assert torch.allclose(g_cl, g_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda w: _sn_of(ours, w), (ours.weight_orig,))
+
+
+def _sn_of(module, weight):
+    """The spectrally normalised ``weight`` as ``module``'s hook computes it (eval mode: fixed u, v)."""
+    hook = next(iter(module._forward_pre_hooks.values()))
+    saved = module.weight_orig
+    try:
+        module._parameters["weight_orig"] = weight
+        return hook.compute_weight(module, do_power_iteration=False)
+    finally:
+        module._parameters["weight_orig"] = saved
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("pad,stride", [((2, 2), 1), ((2, 1), 1), ((1, 1), 2), ((0, 0), 2)])
+def test_the_blur_with_its_padding_is_the_padded_depthwise_fir_filter(pad, stride, channels_last):
+    # on a CPU the blur (padding included) is two products with banded matrices; it must be F.pad and the
+    # grouped convolution with the normalised [1, 3, 3, 1] kernel, keep the memory format, and differentiate twice
+    import torch.nn.functional as F
+
+    from usis.nn.layers import _blur, _blur_kernel
+
+    shape = (2, 3, 10, 13)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    kernel = _blur_kernel().double()[None, None].repeat(shape[1], 1, 1, 1)
+    want = F.conv2d(F.pad(x, (pad[0], pad[1], pad[0], pad[1])), kernel, stride=stride, groups=shape[1])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    got = _blur(x.contiguous(memory_format=fmt), pad, stride)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert got.is_contiguous(memory_format=fmt)
+    assert torch.autograd.gradgradcheck(lambda t: _blur(t.contiguous(memory_format=fmt), pad, stride), (x,))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", [(2, 3, 10, 13), (1, 5, 9, 9), (3, 2, 4, 4)])
 def test_the_separable_blur_is_the_depthwise_fir_filter_and_differentiates_twice(shape, stride):

@@ -8,11 +8,108 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm as _spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm as _TorchSpectralNorm
 
 
 def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
-    """Wrap ``module`` in spectral normalisation when ``enabled``."""
-    return _spectral_norm(module) if enabled else module
+    """Wrap ``module`` in spectral normalisation when ``enabled``: ``torch.nn.utils.spectral_norm`` (its
+    parameters, buffers, state-dict keys and forward, as in the reference), with the gradient of
+    :class:`SpectralNorm`."""
+    if not enabled:
+        return module
+    _spectral_norm(module)
+    for hook in module._forward_pre_hooks.values():
+        if type(hook) is _TorchSpectralNorm:
+            hook.__class__ = SpectralNorm
+    return module
+
+
+def _weight_matrix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``weight`` as an ``out x (in * kh * kw)`` matrix without a copy: its columns in the order of its memory
+    (``(kh, kw, in)`` for a channels-last conv weight, flagged ``True``; ``(in, kh, kw)`` otherwise)."""
+    if _is_channels_last(weight):
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1), True
+    return weight.reshape(weight.shape[0], -1), False
+
+
+class _Normalize(torch.autograd.Function):
+    """``W / sigma`` with ``sigma = u^T W v`` for fixed unit vectors ``u``, ``v`` (spectral norm's estimate;
+    ``v`` in the column order of :func:`_weight_matrix`).
+
+    The forward is torch's division; the backward is the closed form
+    ``dL/dW = (G - <G, W / sigma> u v^T) / sigma`` (``G = dL/d(W / sigma)``): a dot product, a rank-1 update
+    and a division over the weight, where autograd through ``weight / dot(u, mv(W, v))`` makes about
+    nine passes over it (the division's two gradients, the outer product of ``mv``'s, their sum), and
+    copies a channels-last weight and its gradient into matrices. Same gradient up to float rounding.
+    Under ``create_graph`` (a double backward) it is the same formula in differentiable ops with ``sigma``
+    recomputed from ``W``, so the second derivative is exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, u, v, sigma):
+        ctx.save_for_backward(weight, u, v, sigma)
+        return weight / sigma
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, u, v, sigma = ctx.saved_tensors
+        w, cl = _weight_matrix(weight)
+        if torch.is_grad_enabled():
+            sigma = torch.dot(u, torch.mv(w, v))
+        g = (grad.permute(0, 2, 3, 1) if cl else grad).reshape(w.shape)  # a view when the layouts match
+        coef = torch.dot(g.reshape(-1), w.reshape(-1)) / sigma  # <G, W / sigma>
+        out = torch.addr(g, u, v * coef, alpha=-1) / sigma
+        if cl:
+            n, c, kh, kw = weight.shape
+            return out.view(n, kh, kw, c).permute(0, 3, 1, 2), None, None, None
+        return out.view(weight.shape), None, None, None
+
+
+class SpectralNorm(_TorchSpectralNorm):
+    """``torch.nn.utils.spectral_norm``'s forward hook, bit for bit in its forward on a contiguous weight
+    (the same power iteration, ``u`` and ``v`` updated in place in training mode, ``sigma = u^T W v``,
+    ``W / sigma``), with three savings: ``W v`` from the power iteration is reused for ``sigma`` (the same
+    product of the same operands, so the same bits; torch computes it again); a channels-last weight is
+    read in its own memory order (torch copies it into a matrix at every forward; the products then sum in
+    another order: the same values up to float rounding); and the gradient is :class:`_Normalize`'s closed
+    form. On the synthetic preset's step (batch 1, one CPU thread) torch's version cost ~11 ms of ~132
+    (benchmarks/RESULTS.md, "CPU step, session 14").
+    """
+
+    def compute_weight(self, module: nn.Module, do_power_iteration: bool) -> torch.Tensor:
+        weight = getattr(module, self.name + "_orig")
+        u = getattr(module, self.name + "_u")
+        v = getattr(module, self.name + "_v")
+        if self.dim != 0:  # not used by our networks: torch's own computation
+            return super().compute_weight(module, do_power_iteration)
+        w, cl = _weight_matrix(weight)
+        with torch.no_grad():
+            if not cl:
+                if do_power_iteration:
+                    for _ in range(self.n_power_iterations):
+                        v = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps, out=v)
+                        wv = torch.mv(w, v)
+                        u = F.normalize(wv, dim=0, eps=self.eps, out=u)
+                    # cloned as torch does: the in-place updates of a later forward must not reach this graph
+                    u = u.clone(memory_format=torch.contiguous_format)
+                    v = v.clone(memory_format=torch.contiguous_format)
+                else:
+                    wv = torch.mv(w, v)
+            else:  # v (in, kh, kw) as the matrix's columns (kh, kw, in) and back into the buffer
+                _, c, kh, kw = weight.shape
+                vc = v.view(c, kh, kw).permute(1, 2, 0).reshape(-1)
+                if do_power_iteration:
+                    for _ in range(self.n_power_iterations):
+                        vc = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps)
+                        wv = torch.mv(w, vc)
+                        u = F.normalize(wv, dim=0, eps=self.eps, out=u)
+                    v.copy_(vc.view(kh, kw, c).permute(2, 0, 1).reshape(-1))
+                    u = u.clone(memory_format=torch.contiguous_format)
+                else:
+                    wv = torch.mv(w, vc)
+                v = vc
+            sigma = torch.dot(u, wv)
+        return _Normalize.apply(weight, u, v, sigma)
 
 
 @torch.no_grad()
@@ -90,8 +187,7 @@ class Blur(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p0, p1 = self.pad
-        return _depthwise_blur(F.pad(x, (p0, p1, p0, p1)), self.stride)
+        return _blur(x, self.pad, self.stride)
 
 
 class EqualConv2d(nn.Module):
@@ -150,6 +246,50 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+def _blur(x: torch.Tensor, pad: tuple[int, int], stride: int) -> torch.Tensor:
+    """``x`` zero-padded by ``pad`` (before, after) on both spatial axes, then :func:`_depthwise_blur`.
+
+    On a CPU both steps are two matrix products with banded matrices that hold the padding
+    (:func:`_band`): a GEMM per pass, where the shifted views make eight slices and six elementwise ops
+    whose backward builds a zero-filled full-size gradient per slice (``slice_backward``); about twice as fast
+    forward and backward on the synthetic preset's D (benchmarks/RESULTS.md, "CPU step, session 14"). The
+    products are exact binary fractions, so the result is the same filter up to the order of the sums.
+    Elsewhere (CUDA), the padding and the shifted views as before.
+    """
+    if x.device.type != "cpu" or x.dim() != 4:
+        p0, p1 = pad
+        return _depthwise_blur(F.pad(x, (p0, p1, p0, p1)), stride)
+    n, c, h, w = x.shape
+    rows, cols = _band(h, pad, stride, x), _band(w, pad, stride, x)
+    ho, wo = rows.shape[0], cols.shape[0]
+    if _is_channels_last(x):  # (n, h, w, c) in memory: columns then rows, no copy of the layout
+        y = torch.matmul(cols, x.permute(0, 2, 3, 1).reshape(n * h, w, c))  # n*h x wo x c
+        out = torch.matmul(rows, y.view(n, h, wo * c))  # n x ho x wo*c
+        return out.view(n, ho, wo, c).permute(0, 3, 1, 2)
+    y = x.reshape(n * c * h, w) @ cols.t()  # n*c*h x wo
+    return torch.matmul(rows, y.view(n * c, h, wo)).view(n, c, ho, wo)
+
+
+_BANDS: dict[tuple, torch.Tensor] = {}
+
+
+def _band(size: int, pad: tuple[int, int], stride: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``[1, 3, 3, 1] / 8`` filter along one axis of ``size`` samples, zero-padded by ``pad``, every
+    ``stride``-th output: an ``out x size`` matrix (cached per size, dtype and device)."""
+    key = (size, pad, stride, like.dtype, like.device)
+    band = _BANDS.get(key)
+    if band is None:
+        out = (size + pad[0] + pad[1] - 4) // stride + 1
+        band = torch.zeros(out, size, dtype=torch.float64)
+        for i in range(out):
+            for k, tap in enumerate((1, 3, 3, 1)):
+                j = stride * i + k - pad[0]
+                if 0 <= j < size:
+                    band[i, j] = tap / 8
+        band = _BANDS.setdefault(key, band.to(like.device, like.dtype))
+    return band
+
+
 def _depthwise_blur(x: torch.Tensor, stride: int) -> torch.Tensor:
     """The ``[1, 3, 3, 1]`` FIR (its normalised outer product, :func:`_blur_kernel`) on every channel of
     ``x`` (no padding), then every ``stride``-th pixel.
@@ -177,7 +317,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 def blur_downsample(x: torch.Tensor) -> torch.Tensor:
     """Anti-aliased x2 downsampling with the ``[1, 3, 3, 1]`` filter (StyleGAN2's Downsample)."""
-    return _depthwise_blur(F.pad(x, (1, 1, 1, 1)), stride=2)
+    return _blur(x, (1, 1), stride=2)
 
 
 def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
