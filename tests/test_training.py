@@ -186,7 +186,7 @@ def test_demo_trains_until_its_deadline(tmp_path, capsys):
     assert demo_main(["--out", str(tmp_path / "demo"), "--started", str(t0 - 3600)] + overrides) == 0
     assert torch.load(tmp_path / "demo/checkpoints/latest.pt", weights_only=True)["step"] == 1
     out = capsys.readouterr().out  # a machine too slow for the preset's steps is told so, and how to go on
-    assert "note: this machine trained 1 of the preset's 3000 steps" in out and "--keep" in out
+    assert "note: this machine trained 1 of the preset's 4500 steps" in out and "--keep" in out
     # with time left it trains on (until its iterations, the earlier end here)
     assert demo_main(["--out", str(tmp_path / "demo"), "--minutes", "10"] + overrides + ["--set", "train.iters=3"]) == 0
     assert torch.load(tmp_path / "demo/checkpoints/latest.pt", weights_only=True)["step"] == 3

@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 from usis.checkpoint import checkpoint_path
 from usis.errors import ConfigError, UsisError, install_warning_format
+from usis.nn.layers import _is_channels_last
 
 DEFAULT_TIMEOUT_S = 120.0  # train.dist_timeout: how long a collective waits for the other processes
 SOLO_WAIT_S = 3600.0  # how long the others wait while rank 0 works alone (evaluation, checkpoints)
@@ -151,7 +152,7 @@ class Dist:
             pending = _shm.start(with_grad, grads)
             if pending is not None:
                 return pending
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([_in_memory_order(g) for g in grads])
         with _collective("all_reduce", self.rank):
             work = dist.all_reduce(flat, async_op=True)
         return PendingAverage(with_grad, grads, flat, work, self.rank, self.world_size)
@@ -219,12 +220,28 @@ class PendingAverage:
         offset = 0
         for p, g in zip(self.params, self.grads, strict=True):
             n = g.numel()
-            view = mean[offset:offset + n].view(g.shape)
-            if g.is_contiguous():  # the flat mean's own memory becomes the gradient: no copy (one op fewer
-                p.grad = view      # per tensor, ~20 us each on a CPU: 2-3 ms per set in the synthetic preset)
-            else:  # another layout (channels_last): the parameter's gradient keeps it
-                g.copy_(view)
+            view = _shaped_like(mean[offset:offset + n], g)
+            if view is not None:  # the flat mean's own memory becomes the gradient: no copy (one op fewer
+                p.grad = view     # per tensor, ~20 us each on a CPU: 2-3 ms per set in the synthetic preset)
+            else:  # another layout: the parameter's gradient keeps it
+                g.copy_(mean[offset:offset + n].view(g.shape))
             offset += n
+
+
+def _in_memory_order(g: torch.Tensor) -> torch.Tensor:
+    """``g``'s values as a 1-D tensor in the order of its memory: a view for a contiguous or a channels-last
+    gradient (``reshape(-1)`` would copy the latter into NCHW order). Every rank's gradients have the same
+    layouts (the networks' memory format is the run's), so the flat sums add up the same elements."""
+    return g.permute(0, 2, 3, 1).reshape(-1) if _is_channels_last(g) else g.reshape(-1)
+
+
+def _shaped_like(flat: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+    """``flat`` (from :func:`_in_memory_order`) as a tensor of ``g``'s shape and layout; None for a layout
+    that cannot be viewed so."""
+    if _is_channels_last(g):
+        n, c, h, w = g.shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(g.shape) if g.is_contiguous() else None
 
 
 class _SharedMemoryAverage:
@@ -306,7 +323,7 @@ class _SharedMemoryAverage:
             return None
         data, gens, pids = entry
         gen = self.gen[key] = self.gen[key] + 1
-        torch.cat([g.reshape(-1) for g in grads], out=data[gen % 2, self.rank])
+        torch.cat([_in_memory_order(g) for g in grads], out=data[gen % 2, self.rank])
         gens[self.rank] = gen  # after the data (x86-64: stores are seen in program order)
         return _SharedPending(self, params, grads, data[gen % 2], gens, pids, gen)
 
