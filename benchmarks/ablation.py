@@ -111,6 +111,14 @@ STUDIES: dict[str, Study] = {
             "generator": ("SPADE vs wavelet generator (wavelet D + decoder)", ["wavelet_D_decoder", "wavelet_G"]),
         },
     ),
+    # Issue 19: the CPU default the synthetic preset now trains with (channels-last; fp32, eager) against NCHW.
+    # The memory format changes the order of float sums, not the maps: does it change what the model learns?
+    "speed": Study(
+        variants={"nchw": ["train.channels_last=false"], "channels_last": ["train.channels_last=true"]},
+        iters=2000,
+        eval_every=500,
+        about="the synthetic preset's memory format, NCHW vs channels-last, fp32 eager (issue 19)",
+    ),
 }
 
 
