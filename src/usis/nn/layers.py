@@ -24,12 +24,21 @@ def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
     return module
 
 
+def in_memory_order(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its dimensions in the order of its memory, a view: ``N x H x W x C`` for a channels-last
+    4-D tensor (then contiguous), ``t`` itself otherwise. :func:`from_memory_order` undoes it."""
+    return t.permute(0, 2, 3, 1) if _is_channels_last(t) else t
+
+
+def from_memory_order(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``m``, shaped as ``in_memory_order(like)``, as a tensor of ``like``'s shape and layout (a view)."""
+    return m.view(in_memory_order(like).shape).permute(0, 3, 1, 2) if _is_channels_last(like) else m.view(like.shape)
+
+
 def _weight_matrix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``weight`` as an ``out x (in * kh * kw)`` matrix without a copy: its columns in the order of its memory
     (``(kh, kw, in)`` for a channels-last conv weight, flagged ``True``; ``(in, kh, kw)`` otherwise)."""
-    if _is_channels_last(weight):
-        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1), True
-    return weight.reshape(weight.shape[0], -1), False
+    return in_memory_order(weight).reshape(weight.shape[0], -1), _is_channels_last(weight)
 
 
 class _Normalize(torch.autograd.Function):
@@ -59,10 +68,7 @@ class _Normalize(torch.autograd.Function):
         g = (grad.permute(0, 2, 3, 1) if cl else grad).reshape(w.shape)  # a view when the layouts match
         coef = torch.dot(g.reshape(-1), w.reshape(-1)) / sigma  # <G, W / sigma>
         out = torch.addr(g, u, v * coef, alpha=-1) / sigma
-        if cl:
-            n, c, kh, kw = weight.shape
-            return out.view(n, kh, kw, c).permute(0, 3, 1, 2), None, None, None
-        return out.view(weight.shape), None, None, None
+        return from_memory_order(out, weight), None, None, None
 
 
 class SpectralNorm(_TorchSpectralNorm):
@@ -83,33 +89,25 @@ class SpectralNorm(_TorchSpectralNorm):
         if self.dim != 0:  # not used by our networks: torch's own computation
             return super().compute_weight(module, do_power_iteration)
         w, cl = _weight_matrix(weight)
+        _, c, kh, kw = weight.shape if cl else (0, 0, 0, 0)
         with torch.no_grad():
-            if not cl:
-                if do_power_iteration:
-                    for _ in range(self.n_power_iterations):
-                        v = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps, out=v)
-                        wv = torch.mv(w, v)
-                        u = F.normalize(wv, dim=0, eps=self.eps, out=u)
-                    # cloned as torch does: the in-place updates of a later forward must not reach this graph
-                    u = u.clone(memory_format=torch.contiguous_format)
-                    v = v.clone(memory_format=torch.contiguous_format)
-                else:
-                    wv = torch.mv(w, v)
-            else:  # v (in, kh, kw) as the matrix's columns (kh, kw, in) and back into the buffer
-                _, c, kh, kw = weight.shape
-                vc = v.view(c, kh, kw).permute(1, 2, 0).reshape(-1)
-                if do_power_iteration:
-                    for _ in range(self.n_power_iterations):
-                        vc = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps)
-                        wv = torch.mv(w, vc)
-                        u = F.normalize(wv, dim=0, eps=self.eps, out=u)
-                    v.copy_(vc.view(kh, kw, c).permute(2, 0, 1).reshape(-1))
-                    u = u.clone(memory_format=torch.contiguous_format)
-                else:
+            # v in the matrix's column order: the buffer itself, or (channels-last) a reordered copy of it
+            vc = v.view(c, kh, kw).permute(1, 2, 0).reshape(-1) if cl else v
+            if do_power_iteration:
+                for _ in range(self.n_power_iterations):
+                    vc = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps, out=None if cl else v)
                     wv = torch.mv(w, vc)
-                v = vc
+                    u = F.normalize(wv, dim=0, eps=self.eps, out=u)
+                if cl:  # back into the buffer, in its (in, kh, kw) order
+                    v.copy_(vc.view(kh, kw, c).permute(2, 0, 1).reshape(-1))
+                else:
+                    vc = vc.clone(memory_format=torch.contiguous_format)
+                # cloned as torch does: the in-place updates of a later forward must not reach this graph
+                u = u.clone(memory_format=torch.contiguous_format)
+            else:
+                wv = torch.mv(w, vc)
             sigma = torch.dot(u, wv)
-        return _Normalize.apply(weight, u, v, sigma)
+        return _Normalize.apply(weight, u, vc, sigma)
 
 
 @torch.no_grad()

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from usis.checkpoint import checkpoint_path
 from usis.errors import ConfigError, UsisError, install_warning_format
-from usis.nn.layers import _is_channels_last
+from usis.nn.layers import _is_channels_last, from_memory_order, in_memory_order
 
 DEFAULT_TIMEOUT_S = 120.0  # train.dist_timeout: how long a collective waits for the other processes
 SOLO_WAIT_S = 3600.0  # how long the others wait while rank 0 works alone (evaluation, checkpoints)
@@ -232,16 +232,13 @@ def _in_memory_order(g: torch.Tensor) -> torch.Tensor:
     """``g``'s values as a 1-D tensor in the order of its memory: a view for a contiguous or a channels-last
     gradient (``reshape(-1)`` would copy the latter into NCHW order). Every rank's gradients have the same
     layouts (the networks' memory format is the run's), so the flat sums add up the same elements."""
-    return g.permute(0, 2, 3, 1).reshape(-1) if _is_channels_last(g) else g.reshape(-1)
+    return in_memory_order(g).reshape(-1)
 
 
 def _shaped_like(flat: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
     """``flat`` (from :func:`_in_memory_order`) as a tensor of ``g``'s shape and layout; None for a layout
     that cannot be viewed so."""
-    if _is_channels_last(g):
-        n, c, h, w = g.shape
-        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
-    return flat.view(g.shape) if g.is_contiguous() else None
+    return from_memory_order(flat, g) if g.is_contiguous() or _is_channels_last(g) else None
 
 
 class _SharedMemoryAverage:
