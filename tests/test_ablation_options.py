@@ -39,7 +39,7 @@ def test_the_reverse_cycle_trains_g_s_and_a_label_discriminator(tmp_path):
     assert tr.nets.D_label is not None and tr.nets.D_label.from_rgb[0].weight.shape[1] == tr.num_classes
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in tr.nets.named().items()}
     losses = _step(tr)
-    assert {"loss_rev", "loss_d_label"} <= losses.keys() and all(math.isfinite(v) for v in losses.values())
+    assert {"loss_g_rev", "loss_s_rev", "loss_d_label"} <= losses.keys() and all(math.isfinite(v) for v in losses.values())
     for k, net in tr.nets.named().items():
         if k == "G_ema":
             continue
@@ -47,7 +47,7 @@ def test_the_reverse_cycle_trains_g_s_and_a_label_discriminator(tmp_path):
         assert all(moved), f"{k}: {moved.count(False)} parameter tensors did not move"
     # without it there is no label discriminator and no reverse loss
     plain = Trainer(tiny_cfg(), tmp_path / "plain", progress=False)
-    assert plain.nets.D_label is None and "loss_rev" not in _step(plain)
+    assert plain.nets.D_label is None and "loss_g_rev" not in _step(plain)
 
 
 def test_the_reverse_cycle_gives_s_the_gradient_of_the_photo_reconstruction(tmp_path):

@@ -113,13 +113,14 @@ def test_pipeline_rejects_bad_input_with_one_message(run):
 
 def test_training_samples_generate_and_pipeline_agree(tmp_path):
     """One noise definition: the grid's column for seed s == `usis generate --seed s` == pipe(seeds=[s])."""
+    from usis.train.samples import first_items
     from usis.train.trainer import Trainer
 
     # NCHW as the loaded generator: in channels-last (the synthetic preset's default) the trainer's samples
     # differ from an NCHW generator's by float rounding (~1e-5), which is test_speed's subject, not this one's
     trainer = Trainer(tiny_cfg("model.pixel_noise=2", "train.channels_last=false"), tmp_path, progress=False)
     trainer.fit(2, eval_at_start=False)
-    labels, _ = trainer._fixed_batch()
+    labels, _ = first_items(trainer.val_data)
     trainer.refresh_ema_bn()
     sampled = trainer.generate(labels, 7)
     gen = load_generator(tmp_path / "checkpoints/latest.pt")

@@ -93,7 +93,7 @@ def _record_d_steps(tr):
 
     def step(*a, **k):
         calls.append({"D": copy.deepcopy(tr.nets.D), "dec": copy.deepcopy(tr.nets.decoder),
-                      "grads": [None if p.grad is None else p.grad.clone() for p in tr.d_params]})
+                      "grads": [None if p.grad is None else p.grad.clone() for p in tr.schedule.updates["D"].params]})
         return real_step(*a, **k)
 
     tr.opt_d.step = step
@@ -139,10 +139,9 @@ def test_d_step_weighting_is_the_references(tmp_path, step):
     # step on 10 * R1 (10 = gamma)
     tr = Trainer(tiny_cfg("train.r1_every=4", "train.r1_gamma=10", "train.lambda_rec=0.5",
                           "train.r1_mode=reference"), tmp_path, progress=False)
-    tr.step = step
     photos, fake = _d_inputs(tr)
     calls = _record_d_steps(tr)
-    out = tr.d_step(photos, fake)
+    out = tr.schedule.update_discriminator(step, photos, fake)
     assert len(calls) == (2 if step % 4 == 0 else 1)
     c = calls[0]
     want = _grads(4 * _main_loss(c["D"], c["dec"], photos, fake, 0.5), c["D"], c["dec"])
@@ -160,7 +159,7 @@ def test_d_step_weighting_fused(tmp_path):
                  tmp_path, progress=False)
     photos, fake = _d_inputs(tr)
     calls = _record_d_steps(tr)
-    tr.d_step(photos, fake)
+    tr.schedule.update_discriminator(0, photos, fake)
     assert len(calls) == 1
     c = calls[0]
     loss = _main_loss(c["D"], c["dec"], photos, fake, 0.5) + 5 * _r1(c["D"], photos) * 4
@@ -213,19 +212,17 @@ def test_d_step_on_the_g_steps_fake_logits_is_the_same_update(tmp_path, step):
     trainers = []
     for k in range(2):
         torch.manual_seed(0)
-        tr = Trainer(tiny_cfg(), tmp_path / str(k), progress=False)
-        tr.step = step
-        trainers.append(tr)
+        trainers.append(Trainer(tiny_cfg(), tmp_path / str(k), progress=False))
     a, b = trainers
     photos, fake = _d_inputs(a)
     upstream = fake.clone().requires_grad_(True)  # stands for G's output: the graph under the fake logits
-    b.nets.D.requires_grad_(True)
-    logits = b.nets.D(upstream)
+    with b.schedule._phase("G"):  # G's phase calls D on its images: the schedule keeps that forward for D's
+        b.schedule.calls["D"](upstream)
     forwards = {"a": 0, "b": 0}
     for name, tr in (("a", a), ("b", b)):
         tr.nets.D.register_forward_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
-    b.d_step(photos, fake, logits)
-    a.d_step(photos, fake)
+    b.schedule.update_discriminator(step, photos, upstream)
+    a.schedule.update_discriminator(step, photos, fake)
     assert forwards == {"a": 2, "b": 1}  # real and fake; real only
     assert upstream.grad is None
     for net in ("D", "decoder"):
@@ -249,26 +246,26 @@ def test_the_g_steps_d_forward_is_shared_only_when_d_has_no_state_to_advance(tmp
 
 @pytest.mark.parametrize("r1_mode, step", [("fused", 1), ("fused", 4), ("reference", 1), ("reference", 4)])
 def test_a_deferred_d_update_is_the_same_update_finished_later(tmp_path, r1_mode, step):
-    """A data-parallel step leaves the end of D's update (its average, its optimizer step) to the next step's
+    """A data-parallel step leaves the end of D's update (its average, its optimizer step) to D's next forward or
     ``finish_pending_updates``: until then D is as it was; then D, the decoder and D's optimizer state are
     those of the update done at once, bit for bit. The reference's R1 step needs D updated: not deferred."""
     trainers = []
     for k in range(2):
         torch.manual_seed(0)
-        tr = Trainer(tiny_cfg(f"train.r1_mode={r1_mode}", "train.r1_every=4"), tmp_path / str(k), progress=False)
-        tr.step = step
-        trainers.append(tr)
+        trainers.append(Trainer(tiny_cfg(f"train.r1_mode={r1_mode}", "train.r1_every=4"), tmp_path / str(k),
+                                progress=False))
     now, later = trainers
+    later.schedule.deferred = {"D"}  # as in a data-parallel run
     photos, fake = _d_inputs(now)
     before = copy.deepcopy(later.nets.D.state_dict())
-    now.d_step(photos, fake)
-    later.d_step(photos, fake, defer=True)
+    now.schedule.update_discriminator(step, photos, fake)
+    later.schedule.update_discriminator(step, photos, fake)
     deferred = r1_mode == "fused" or step % 4
-    assert (later._pending_d_update is not None) == bool(deferred)
+    assert later.schedule.updates["D"].collecting == bool(deferred)
     if deferred:  # nothing of D changed yet
         assert all(torch.equal(v, later.nets.D.state_dict()[k]) for k, v in before.items())
     state = later.state_dict()  # reading the state finishes the update
-    assert later._pending_d_update is None
+    assert not later.schedule.updates["D"].collecting
     for net in ("D", "decoder"):
         for (k, x), (_, y) in zip(getattr(now.nets, net).state_dict().items(), state[net].items(), strict=True):
             assert torch.equal(x, y), f"{net}.{k}"

@@ -118,7 +118,7 @@ def test_a_step_updates_every_network_including_the_decoder(tmp_path):
     photos = tr.loaders.next_photos()["image"]
     losses = tr.train_step(labels, photos)
     assert all(v.dim() == 0 and bool(torch.isfinite(v)) for v in losses.values())  # 0-d tensors on the device
-    assert {"loss_g_seg", "loss_g_adv", "loss_s", "loss_d", "loss_rec", "r1"} <= losses.keys()
+    assert {"loss_g_seg", "loss_g_adv", "loss_s", "loss_d", "loss_d_adv", "loss_d_rec", "r1"} <= losses.keys()
     for k, net in tr.nets.named().items():
         changed = [not torch.equal(p0, p) for p0, p in zip(before[k], net.parameters(), strict=True)]
         assert all(changed), f"{k}: {changed.count(False)} parameter tensors did not move"

@@ -7,14 +7,17 @@ Everything in it is plain data (tensors, numbers, strings, lists, dicts), so it 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from usis.errors import CheckpointError
-from usis.utils.io import atomic_write
+from usis.errors import CheckpointError, DiskFullError
+from usis.utils.io import atomic_write, disk_full_reason, format_size
 
 TEMP_PATTERN = "*.pt.*.tmp"  # what save_atomic writes before the rename (mkstemp: NAME.pt.XXXXXXXX.tmp)
 
@@ -117,3 +120,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def all_finite(modules: Iterable[nn.Module]) -> bool:
+    """Whether every floating-point parameter and buffer of ``modules`` is finite (a run never saves NaN)."""
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return False
+    return True
+
+
+def disk_full_message(run_dir: str | os.PathLike, path: Path, e: DiskFullError) -> str:
+    """One line for a save of checkpoint ``path`` of the run in ``run_dir`` that met a full disk: where, how
+    much space, what is kept, what to do."""
+    latest = checkpoint_path(run_dir)
+    kept = [p.name for p in (latest, checkpoint_path(run_dir, "previous")) if p.exists()]
+    if latest.exists():
+        todo = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} unchanged; free some space there and "
+                f"continue the run with: usis train --out {shlex.quote(str(run_dir))} --resume")
+    else:
+        todo = "no checkpoint of this run was written yet; free some space there and start it again"
+    return (f"disk full while saving checkpoint {path.name} in {path.parent} ({disk_full_reason(e.errno)}): "
+            f"{format_size(e.free)} free, a checkpoint needs about {format_size(e.needed)}; {todo}")

@@ -49,9 +49,18 @@ def higher_is_better(key: str) -> bool:
 def is_better(key: str, new: float, old: float | None) -> bool:
     """``new`` improves on ``old`` (``None``: nothing yet) for metric ``key``."""
     return old is None or (new > old if higher_is_better(key) else new < old)
+
+
+def new_best(best: dict[str, float], key: str, metrics: dict[str, float], step: int) -> dict[str, float] | None:
+    """A run's best record (``{key: value, "step": step}``) after an evaluation at ``step``, if ``metrics``
+    improves on ``best`` in ``key``; ``None`` if not (or if ``key`` was not computed)."""
+    if key in metrics and is_better(key, metrics[key], best.get(key)):
+        return {key: metrics[key], "step": step}
+    return None
+
+
 SEGMENTERS = ("drn", "segformer", "torchscript")
 RESULT_ORDER = ("fid", "kid_mean", "kid_std", "miou", "pixel_accuracy", "miou_ceiling", "sfid", "msssim")
-
 
 
 def parse_metrics(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:

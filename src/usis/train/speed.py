@@ -1,21 +1,20 @@
 """The speed switches of a training run, in one place (``train.amp``, ``train.channels_last``,
 ``train.compile``, ``train.cudnn_benchmark``), and the deferred divergence check.
 
-The training step (:meth:`usis.train.trainer.Trainer.train_step`) reads like Eq. 2 of the paper and knows
-none of this: it calls the networks through :attr:`Speed.fwd` (the compiled forwards, or the modules
-themselves), runs its passes under :meth:`Speed.autocast` and gets its batches through
-:meth:`Speed.batch`. Everything else (the memory format of the weights, cuDNN's autotuner) is set once
-when the trainer is built.
+The phases (:mod:`usis.train.phases`) know none of this. The schedule (:mod:`usis.train.schedule`) calls
+the networks through :meth:`Speed.forward` (the compiled forward, or the module itself), runs each phase
+under :meth:`Speed.autocast` and puts its batches in the networks' memory format with :meth:`Speed.batch`.
+Everything else (the memory format of the weights, cuDNN's autotuner) is set once when the trainer is built.
 
 * ``channels_last``: the networks' weights and every 4-D batch in NHWC. oneDNN (CPU) and cuDNN's
   tensor-core kernels (GPU) work in NHWC natively; in NCHW they reorder around every convolution.
   Values are the same up to float summation order.
 * ``amp``: bf16 autocast on CUDA (a no-op on a CPU, where bf16 convolutions are slower). Losses are
-  computed in fp32 (the step casts logits with ``.float()``).
-* ``compile``: ``torch.compile`` of each network's forward. The lazy R1 step differentiates D's gradient
-  (``create_graph=True``), which compiled graphs do not support (pytorch/pytorch#91469), so D's pass on
-  the real photos of an R1 step runs eager (:attr:`Speed.eager`). Each network compiles a few graphs
-  during the first iterations (with and without gradients for its parameters; D with and without
+  computed in fp32 (the phases cast logits with ``.float()``).
+* ``compile``: ``torch.compile`` of each network's forward. The R1 penalty differentiates D's gradient
+  (``create_graph=True``), which compiled graphs do not support (pytorch/pytorch#91469), so the schedule
+  runs a forward on a leaf that requires grad (R1's photos) with the module itself. Each network compiles a
+  few graphs during the first iterations (with and without gradients for its parameters; D with and without
   features); after that there are no recompiles (``tests/test_speed.py`` counts them).
 * ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` on CUDA (fixed shapes: the autotuner's choice
   holds for the whole run).
@@ -29,24 +28,12 @@ step it reports is the first non-finite one.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from usis.config import TrainConfig
-
-
-@dataclass
-class Forwards:
-    """What the step calls for each network: a compiled forward or the module itself."""
-
-    G: Any
-    S: Any
-    D: Any
-    decoder: Any
-    D_label: Any
 
 
 def _to_channels_last(net: nn.Module | None) -> None:
@@ -68,15 +55,17 @@ class Speed:
         if self.channels_last:
             for net in nets.named().values():
                 _to_channels_last(net)
-        # the modules themselves: the R1 pass (double backward) and anything outside the step
-        self.eager = Forwards(nets.G, nets.S, nets.D, nets.decoder, nets.D_label)
-        self.fwd = Forwards(*(self._compile(m) for m in (nets.G, nets.S, nets.D, nets.decoder, nets.D_label)))
+        self._forwards: dict[int, Any] = {}
 
-    def _compile(self, module: nn.Module | None):
-        if module is None or not self.compiled:
+    def forward(self, module: nn.Module) -> Any:
+        """What to call for ``module``'s forward: its compiled forward with ``train.compile`` (one per module),
+        the module itself otherwise."""
+        if not self.compiled:
             return module
-        # dynamic=False: the shapes are fixed for a run; a compiled graph per shape is what we want
-        return torch.compile(module, backend=self.backend, dynamic=False)
+        if id(module) not in self._forwards:
+            # dynamic=False: the shapes are fixed for a run; a compiled graph per shape is what we want
+            self._forwards[id(module)] = torch.compile(module, backend=self.backend, dynamic=False)
+        return self._forwards[id(module)]
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A batch (images or one-hot maps, N x C x H x W) in the networks' memory format."""

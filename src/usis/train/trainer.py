@@ -1,33 +1,22 @@
-"""The USIS training loop.
+"""The USIS trainer: sets a run up, runs its loop, keeps its state.
 
-One iteration (:meth:`Trainer.train_step`) is Eq. 2 of the paper, top to bottom, trained as the
-reference implementation trains it (docs/recipe.md; each switch below is a config option):
+One iteration is :meth:`Trainer.train_step`: what each network learns is :mod:`usis.train.phases` (Eq. 2 of
+the paper, a phase per network), how the work is done :mod:`usis.train.schedule` (order, shared forwards,
+gradient averages, speed switches). Around it: the learning rates (:mod:`usis.train.lr`), sample grids and
+the EMA generator's statistics (:mod:`usis.train.samples`), periodic evaluation (:mod:`usis.metrics.periodic`),
+checkpoints (:mod:`usis.checkpoint`), logs (:mod:`usis.train.logging`, :mod:`usis.train.progress`).
 
-1. G step:  ``L_G = lambda_seg * L_seg(m, S(G(m))) + L_adv_G(D(G(m)))``
-2. S step:  ``L_S = L_seg(m, S(G(m)))`` on a new fake drawn with the updated G (``train.fresh_fakes``;
-   or G's pre-update fake, detached). S never sees real photos. ``L_seg`` is over C+1 channels
-   (``model.s_extra_channel``).
-3. D step:  ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)`` on another new fake,
-   multiplied by ``r1_every``; every ``r1_every`` steps a separate step on ``r1_gamma * R1`` on real
-   photos (``train.r1_mode=reference``; ``fused`` adds StyleGAN2's ``gamma/2 * R1 * r1_every`` instead).
-4. EMA update of G.
-
-Table 3's ablations are options: ``train.seg_loss=l1`` replaces ``L_seg`` by CycleGAN's L1 cycle loss, and
-``train.lambda_rev > 0`` adds the reverse cycle (photo -> S -> G -> photo, L1) with a label discriminator.
-
-Label maps ``m`` and photos ``x`` come from two independent streams: they never correspond.
+Label maps and photos come from two independent streams: they never correspond.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +25,9 @@ from torch import nn
 
 from usis.checkpoint import (
     CHECKPOINT_VERSION,
+    all_finite,
     checkpoint_path,
+    disk_full_message,
     load_checkpoint,
     remove_stale_temp,
     rng_state,
@@ -47,48 +38,22 @@ from usis.config import Config, ConfigError
 from usis.data import build_datasets
 from usis.data.unpaired import make_loaders
 from usis.errors import DiskFullError, TrainingDiverged
-from usis.losses import (
-    d_logistic_loss,
-    g_nonsaturating_loss,
-    l1_reconstruction,
-    r1_penalty,
-    segmentation_loss,
-    soft_labels,
-)
+from usis.generate import generate_images
 from usis.metrics.periodic import make_evaluator
-from usis.metrics.protocol import is_better
-from usis.nn import one_hot_labels
+from usis.metrics.protocol import new_best
 from usis.nn.build import build_networks
-from usis.nn.noise import seeded_noise
 from usis.train.distributed import Dist, cpu_cores
-from usis.train.ema import refresh_batchnorm, update_ema
 from usis.train.logging import RunLog
+from usis.train.lr import LinearDecay
 from usis.train.progress import progress_bar
+from usis.train.samples import first_items, refresh_ema_batchnorm, write_grid
+from usis.train.schedule import Schedule
 from usis.train.speed import DivergenceCheck, Speed
 from usis.utils.device import resolve_device
-from usis.utils.images import colorize_tensor, save_grid
-from usis.utils.io import disk_full_reason, format_size
-
-
-def forward_is_pure(module: nn.Module) -> bool:
-    """Whether a training-mode forward of ``module`` leaves its state as it was: no spectral norm (whose
-    forward runs a power iteration on its vectors) and no normalisation with running statistics."""
-    for m in module.modules():
-        if hasattr(m, "weight_u") or hasattr(m, "parametrizations"):
-            return False
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
-            return False
-    return True
 
 
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def _item(dataset, i: int) -> dict[str, Any]:
-    """Item ``i`` with a fixed augmentation seed: no draw from the global RNG (that would shift the
-    training noise and make a run depend on how often it samples or evaluates)."""
-    return dataset[(i, i)] if getattr(dataset, "accepts_aug_seed", False) else dataset[i]
 
 
 class _StopFlag:
@@ -176,31 +141,28 @@ class Trainer:
         self.opt_d = torch.optim.Adam(d_params, lr=t.lr_d, **adam)
         self.opt_dl = (torch.optim.Adam(self.nets.D_label.parameters(), lr=t.lr_d, **adam)
                        if self.nets.D_label is not None else None)
-        self.d_params = d_params
-        self._d_forward_is_pure = forward_is_pure(self.nets.D)
-        # a data-parallel run finishes D's update (its gradient average, its optimizer step) at the next step,
-        # just before D's next forward (see d_step): None, or the function that finishes it
-        self._pending_d_update: Callable[[], None] | None = None
-        self.g_params = list(self.nets.G.parameters())
-        self.g_and_s_params = self.g_params + list(self.nets.S.parameters())
+        optimizers = {"G": self.opt_g, "S": self.opt_s, "D": self.opt_d}
+        if self.opt_dl is not None:
+            optimizers["D_label"] = self.opt_dl
+        self.schedule = Schedule(cfg, self.nets, optimizers, self.speed, self.dist, self.num_classes, self.dontcare)
+        self.lr = LinearDecay(t.lr_decay_from, [(self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d)]
+                              + ([(self.opt_dl, t.lr_d)] if self.opt_dl is not None else []))
 
         self.loaders = make_loaders(self.train_data, batch_size=self.local_batch, seed=t.seed,
                                     num_workers=min(cfg.data.num_workers, os.cpu_count() or 1),
                                     pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
                                     distributed=self.dist.enabled)
         self.step = 0
-        # training time of the run so far, over all its invocations (train.max_seconds counts against it),
-        # and the linear LR decay as (start step, end step) once it has begun: both live in the checkpoint,
-        # so a resumed run follows the schedule of an uninterrupted one.
+        # training time of the run so far, over all its invocations (train.max_seconds counts against it); it
+        # lives in the checkpoint with the LR decay's window, so a resumed run decays as an uninterrupted one
         self.train_seconds = 0.0
-        self.lr_schedule: tuple[float, float] | None = None
         self.clock = time.monotonic  # tests put a deterministic clock here
         self.best: dict[str, float] = {}
         self.evaluator = evaluator
         # every rank must agree on whether evaluations happen (they end in a collective)
         self._evaluates = bool(self.dist.any(evaluator is not None)[0])
         self.log = RunLog(self.out, enabled=self.is_main)
-        self._fixed = None
+        self._grid_items: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ema_bn_step: int | None = None  # step at which the EMA BN statistics were last refreshed
         self._eval_cache: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last evaluation
         if self.is_main:  # a save killed mid-write (kill -9) leaves its temporary file behind
@@ -212,34 +174,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ helpers
 
     def lr_factor(self, total: int, budget: float | None) -> float:
-        """The learning-rate multiplier for the coming step (``train.lr_decay_from``; 1 = constant).
+        """The learning-rate multiplier for the coming step of a run of ``total`` steps or ``budget`` seconds
+        (:class:`usis.train.lr.LinearDecay`; 1 = constant)."""
+        return self.lr.factor(self.step, self.train_seconds, total, budget)
 
-        The rates stay constant until ``lr_decay_from`` of the run has passed, by steps (of ``total``) or by
-        training time (of ``budget`` seconds), whichever comes first. From then on the decay is fixed in
-        steps: linear to 0 at ``total``, or, when the time budget started it, at the step that the run's
-        speed so far reaches by the end of the budget. Only the step and the saved schedule enter the
-        factor, so a resumed run decays exactly as an uninterrupted one.
-        """
-        f = self.cfg.train.lr_decay_from
-        if f >= 1.0:
-            return 1.0
-        if self.lr_schedule is None:
-            if self.step >= f * total:
-                self.lr_schedule = (f * total, float(total))
-            elif budget and self.train_seconds >= f * budget:
-                rate = self.step / max(self.train_seconds, 1e-9)
-                end = self.step + max(1.0, math.floor(rate * (budget - self.train_seconds)))
-                self.lr_schedule = (float(self.step), float(min(total, end)))
-            else:
-                return 1.0
-        start, end = self.lr_schedule
-        return max(0.0, min(1.0, (end - self.step) / max(end - start, 1e-9)))
-
-    def _set_lr_factor(self, factor: float) -> None:
-        t = self.cfg.train
-        for opt, base in ((self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d), (self.opt_dl, t.lr_d)):
-            for group in opt.param_groups if opt is not None else ():
-                group["lr"] = base * factor
+    @property
+    def lr_schedule(self) -> tuple[float, float] | None:
+        """The LR decay's (first step, step of rate 0), once it has begun."""
+        return self.lr.window
 
     @property
     def is_main(self) -> bool:
@@ -253,219 +195,20 @@ class Trainer:
     def world_size(self) -> int:
         return self.dist.world_size
 
-    @staticmethod
-    def _requires_grad(net: nn.Module | None, flag: bool) -> None:
-        if net is not None:
-            net.requires_grad_(flag)
-
     # -------------------------------------------------------------------------------------- the step
 
     def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One USIS iteration on a label batch ``m`` (N x H x W ids) and an UNRELATED photo batch ``x``.
-
-        Returns the step's losses as 0-d tensors on the device (reading them waits for the device: the
-        loop does so only when it logs). The networks are called through ``self.speed.fwd`` (compiled or
-        not) and their parameters through ``self.nets``."""
-        G, S, D = self.speed.fwd.G, self.speed.fwd.S, self.speed.fwd.D
-        t = self.cfg.train
-        extra = self.cfg.model.s_extra_channel
-        m = self.speed.batch(one_hot_labels(labels, self.num_classes))
-        photos = self.speed.batch(photos)
-        out: dict[str, torch.Tensor] = {}
-
-        # 1. generator: fool D and keep every class recognisable for S.
-        # 2. segmenter: learn to segment the generated images (never the real photos).
-        # With train.fresh_fakes=false S's own step sees the same fake batch (G's output before its update,
-        # detached) with the same weights, so one forward of S serves both: the backward of the G loss also
-        # yields lambda_seg * dL_seg/dtheta_S, rescaled below to S's gradient. Saves a forward of S per step.
-        share_s = t.lambda_seg > 0 and not t.fresh_fakes
-        # Likewise D's forward on the fakes: D does not change before its own step, so that step takes its
-        # logits from this forward (its graph kept; each backward below reaches only its own parameters).
-        # Not for a D whose forward changes its state (spectral norm's power iteration, as in the PatchGAN
-        # ablation): there every forward counts, as in the reference.
-        share_d = not t.fresh_fakes and self._d_forward_is_pure
-        reverse = self.nets.D_label is not None
-        self._requires_grad(self.nets.G, True)
-        self._requires_grad(self.nets.S, share_s)
-        self._requires_grad(self.nets.D, share_d)
-        self._requires_grad(self.nets.D_label, False)
-        with self.speed.autocast():
-            fake = G(m)
-            loss_g_seg = segmentation_loss(t.seg_loss, S(fake).float(), labels, self.dontcare, extra)
-        self.finish_pending_updates()  # the last step's D update, if it was left for now: D is needed next
-        with self.speed.autocast():
-            fake_logits = D(fake)
-            loss_g_adv = g_nonsaturating_loss(fake_logits.float())
-            loss_g = t.lambda_seg * loss_g_seg + loss_g_adv
-            if reverse:  # G's half of the reverse cycle: rebuild the photo from S's (fixed) reading of it
-                with torch.no_grad():
-                    m_real = soft_labels(S(photos).float(), extra)
-                loss_rev_g = l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
-                loss_g = loss_g + t.lambda_rev * loss_rev_g
-                out["loss_rev"] = loss_rev_g.detach()
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_s.zero_grad(set_to_none=True)
-        g_and_s = self.g_and_s_params if share_s else self.g_params  # what G's loss trains
-        loss_g.backward(inputs=g_and_s if share_d else None, retain_graph=share_d)
-        # G's gradient average (and S's, when S's forward is shared) runs in the background through S's and
-        # D's steps, which read neither G's gradients nor its new weights (D sees ``fake``, made before G's
-        # update) -- unless D gets fresh fakes or the reverse cycle runs G again: then G updates first.
-        overlap = not t.fresh_fakes and not reverse
-        pending = self.dist.start_averaging(self.g_params if reverse else g_and_s)  # reverse: S's comes later
-        if not overlap:
-            pending.wait()
-            self.opt_g.step()
-        fake = fake.detach()
-
-        if share_s:
-            loss_s = loss_g_seg
-            if not overlap:
-                self._unscale_shared_s_grads()
-        else:
-            self._requires_grad(self.nets.S, True)
-            fake_s = self._fresh_fake(m) if t.fresh_fakes else fake
-            with self.speed.autocast():
-                loss_s = segmentation_loss(t.seg_loss, S(fake_s).float(), labels, self.dontcare, extra)
-            loss_s.backward()
-            if not reverse:
-                self.dist.average_gradients(self.nets.S.parameters())
-        m_real = None
-        if reverse:  # S's half: read the photo so that G rebuilds it, and fool the label discriminator
-            self._requires_grad(self.nets.G, False)
-            self._requires_grad(self.nets.S, True)
-            with self.speed.autocast():
-                m_real = soft_labels(S(photos).float(), extra)
-                loss_rev_s = t.lambda_rev * l1_reconstruction(G(m_real.to(fake.dtype)).float(), photos)
-                loss_rev_s = loss_rev_s + g_nonsaturating_loss(self.speed.fwd.D_label(m_real).float())
-            loss_rev_s.backward()
-            self.dist.average_gradients(self.nets.S.parameters())
-            m_real = m_real.detach()
-        if not overlap:
-            self.opt_s.step()
-
-        def update_g_and_s():  # G's (and S's) averaged gradients, now needed
-            pending.wait()
-            self.opt_g.step()
-            if share_s:
-                self._unscale_shared_s_grads()
-            self.opt_s.step()
-
-        # 3. discriminator (+ decoder reconstructing real photos; + lazy R1 on real photos); G and S update
-        # while D's gradients are averaged; in a data-parallel run D's update is finished at the next step
-        out.update(self.d_step(photos, self._fresh_fake(m) if t.fresh_fakes else fake,
-                               fake_logits if share_d else None, meanwhile=update_g_and_s if overlap else None,
-                               defer=self.dist.enabled))
-        del fake_logits  # the kept graph (G's and D's forward) goes with it
-        if m_real is not None:  # the reverse cycle's label discriminator: label-stream maps vs S's readings
-            DL = self.speed.fwd.D_label
-            self._requires_grad(self.nets.D_label, True)
-            with self.speed.autocast():
-                loss_dl = d_logistic_loss(DL(m).float(), DL(m_real).float())
-            self.opt_dl.zero_grad(set_to_none=True)
-            loss_dl.backward()
-            self.dist.average_gradients(self.nets.D_label.parameters())
-            self.opt_dl.step()
-            out["loss_d_label"] = loss_dl.detach()
-
-        # 4. EMA of the generator
-        update_ema(self.nets.G_ema, self.nets.G, t.ema_decay, self.step, t.ema_warmup)
+        """One USIS iteration on a label batch (N x H x W ids) and an UNRELATED photo batch: what each network
+        learns is :mod:`usis.train.phases`, how the work is scheduled :mod:`usis.train.schedule`. Returns the
+        step's losses as 0-d tensors on the device (reading them waits for the device)."""
+        losses = self.schedule.step(self.step, labels, photos)
         self.step += 1
-
-        out.update(loss_g=loss_g.detach(), loss_g_seg=loss_g_seg.detach(), loss_g_adv=loss_g_adv.detach(),
-                   loss_s=loss_s.detach())
-        return out
+        return losses
 
     def finish_pending_updates(self) -> None:
-        """Finish the update :meth:`d_step` left pending (D's gradient average and optimizer step), if any.
-        Called before D's next forward and before anything reads the weights or optimizer states (a save,
-        :meth:`state_dict`, the finiteness check); every rank reaches it at the same point."""
-        finish, self._pending_d_update = self._pending_d_update, None
-        if finish is not None:
-            finish()
-
-    @torch.no_grad()
-    def _unscale_shared_s_grads(self) -> None:
-        """S's gradients from G's loss are ``lambda_seg * dL_seg/dtheta_S``: make them S's own."""
-        lam = self.cfg.train.lambda_seg
-        grads = [p.grad for p in self.nets.S.parameters() if p.grad is not None]
-        if lam != 1 and grads:
-            torch._foreach_div_(grads, lam)
-
-    @torch.no_grad()
-    def _fresh_fake(self, m: torch.Tensor) -> torch.Tensor:
-        """A new fake batch for the label maps ``m``: new noise, G as it is now (after its update)."""
-        with self.speed.autocast():
-            return self.speed.fwd.G(m)
-
-    def d_step(self, photos: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None = None,
-               meanwhile: Callable[[], None] | None = None, defer: bool = False) -> dict[str, torch.Tensor]:
-        """D's update(s) for this iteration on real ``photos`` and a (detached) ``fake`` batch; ``fake_logits``:
-        D's logits on ``fake`` when a forward with D as it is now already has them (the G step's);
-        ``meanwhile``: work that touches nothing of D's, done while D's gradients are averaged; ``defer``:
-        leave the end of D's update (waiting for the average, the optimizer step) to
-        :meth:`finish_pending_updates`, which the next step calls just before D's next forward. The result is
-        the same (nothing in between reads D); a data-parallel step so gives the other ranks the time of G's
-        update and of the next G and S forwards to deliver their D gradients, instead of none: on a CPU two
-        ranks that run the same step at slightly different speeds otherwise wait for each other here.
-
-        ``L_D = L_adv_D(D(x), D(G(m))) + lambda_rec * L1(Dec(D_feat(x)), x)``; how the lazy R1 penalty
-        (every ``train.r1_every`` steps) enters depends on ``train.r1_mode``:
-
-        * ``reference``: one step on ``r1_every * L_D``, then, on R1 steps, a second optimizer step on
-          ``r1_gamma * R1`` alone (the reference's train.py).
-        * ``fused``: one step on ``L_D + (r1_gamma / 2) * R1 * r1_every`` on R1 steps, ``L_D`` otherwise.
-        """
-        D, dec = self.speed.fwd.D, self.speed.fwd.decoder
-        t = self.cfg.train
-        self._requires_grad(self.nets.D, True)
-        self._requires_grad(self.nets.decoder, True)
-        lazy = t.r1_every > 0 and t.r1_gamma > 0 and self.step % t.r1_every == 0
-        fused_r1 = lazy and t.r1_mode == "fused"
-        out: dict[str, torch.Tensor] = {}
-        real = photos.detach().requires_grad_(fused_r1)
-        with self.speed.autocast():
-            # R1 differentiates D's gradient (double backward): that pass runs eager, never compiled
-            real_logits, feats = (self.speed.eager.D if fused_r1 else D)(real, return_features=True)
-            if fake_logits is None:
-                fake_logits = D(fake)
-            loss_d_adv = d_logistic_loss(real_logits.float(), fake_logits.float())
-            loss_d = loss_d_adv
-            if dec is not None:
-                loss_rec = l1_reconstruction(dec(feats).float(), photos)
-                loss_d = loss_d + t.lambda_rec * loss_rec
-                out["loss_rec"] = loss_rec.detach()
-        if fused_r1:
-            r1 = r1_penalty(real_logits.float(), real)
-            loss_d = loss_d + (t.r1_gamma / 2) * r1 * t.r1_every
-            out["r1"] = r1.detach()
-        elif t.r1_mode == "reference" and t.r1_every > 0:
-            loss_d = t.r1_every * loss_d
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward(inputs=self.d_params)  # not into the photos (R1's leaf) nor, via shared logits, G
-        pending = self.dist.start_averaging(self.d_params)
-        if meanwhile is not None:
-            meanwhile()
-
-        def finish():
-            pending.wait()
-            self.opt_d.step()
-
-        if defer and not (lazy and t.r1_mode == "reference"):  # the reference's R1 step needs D updated now
-            self._pending_d_update = finish
-        else:
-            finish()
-        if lazy and t.r1_mode == "reference":
-            real = photos.detach().requires_grad_(True)
-            with self.speed.autocast():
-                r1 = r1_penalty(self.speed.eager.D(real).float(), real)
-            self.opt_d.zero_grad(set_to_none=True)
-            (t.r1_gamma * r1).backward()
-            self.dist.average_gradients(self.d_params)
-            self.opt_d.step()
-            out["r1"] = r1.detach()
-        out.update(loss_d=loss_d_adv.detach(), d_real=real_logits.detach().float().mean(),
-                   d_fake=fake_logits.detach().float().mean())
-        return out
+        """Finish the updates the schedule left pending (a data-parallel run finishes D's at the next step).
+        Called before anything reads the weights or optimizer states; every rank reaches it at the same point."""
+        self.schedule.finish()
 
     # ------------------------------------------------------------------------------------ state
 
@@ -475,7 +218,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "train_seconds": self.train_seconds,
-            "lr_schedule": None if self.lr_schedule is None else list(self.lr_schedule),
+            "lr_schedule": None if self.lr.window is None else list(self.lr.window),
             "config": self.cfg.to_dict(),
             "best": dict(self.best),
             "rng": rng_state(),
@@ -502,8 +245,8 @@ class Trainer:
         self.loaders.load_state_dict(state["loaders"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        sched = state.get("lr_schedule")
-        self.lr_schedule = None if sched is None else (float(sched[0]), float(sched[1]))
+        window = state.get("lr_schedule")
+        self.lr.window = None if window is None else (float(window[0]), float(window[1]))
         self._ema_bn_step = None
         self._eval_cache = None
         self.best = dict(state.get("best", {}))
@@ -525,8 +268,9 @@ class Trainer:
         folder, the space free and needed, the resume command); the checkpoints on disk stay as they were."""
         path = checkpoint_path(self.out, name)
         failed: DiskFullError | None = None
-        self._agree()  # a non-finite loss since the last read ends the run here, before anything is written
-        if self.dist.any(not self._weights_finite())[0]:
+        self._read_losses_and_agree()  # a non-finite loss since the last read ends the run here, unsaved
+        self.finish_pending_updates()
+        if self.dist.any(not all_finite(self.nets.named().values()))[0]:
             raise TrainingDiverged(f"training diverged by step {self.step}: the weights hold NaN or inf values; "
                                    f"{name}.pt was not written")
         rngs = self.dist.all_gather_object(rng_state()) if self.dist.enabled else None
@@ -540,7 +284,7 @@ class Trainer:
             try:
                 save_atomic(state, path, previous=path.with_name("previous.pt") if name == "latest" else None)
             except DiskFullError as e:
-                failed = DiskFullError(self._disk_full_message(e, path), path, e.free, e.needed, e.errno)
+                failed = DiskFullError(disk_full_message(self.out, path, e), path, e.free, e.needed, e.errno)
         if self.dist.enabled:  # every rank stops at this save: none is left waiting in a collective
             failed = self.dist.broadcast_object(failed)
         if failed is not None:
@@ -548,48 +292,11 @@ class Trainer:
             raise failed
         return path
 
-    def _disk_full_message(self, e: DiskFullError, path: Path) -> str:
-        """One line for a checkpoint save that met a full disk: where, how much space, what to do."""
-        kept = [p.name for p in (checkpoint_path(self.out), checkpoint_path(self.out, "previous")) if p.exists()]
-        if checkpoint_path(self.out).exists():
-            todo = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} unchanged; free some space there and "
-                    f"continue the run with: usis train --out {shlex.quote(str(self.out))} --resume")
-        else:
-            todo = "no checkpoint of this run was written yet; free some space there and start it again"
-        return (f"disk full while saving checkpoint {path.name} in {path.parent} ({disk_full_reason(e.errno)}): "
-                f"{format_size(e.free)} free, a checkpoint needs about {format_size(e.needed)}; {todo}")
-
-    @torch.no_grad()
-    def _weights_finite(self) -> bool:
-        """True when every parameter and buffer of every network is finite (checked before each save)."""
-        self.finish_pending_updates()
-        for net in self.nets.named().values():
-            for t in list(net.parameters()) + list(net.buffers()):
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    return False
-        return True
-
     def resume(self, path: str | Path | None = None) -> None:
         path = Path(path) if path is not None else checkpoint_path(self.out)
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
 
     # ------------------------------------------------------------------------------------ sampling
-
-    def _fixed_batch(self, n: int = 4):
-        """A fixed set of label maps and real photos for sample grids (validation split, first items)."""
-        if self._fixed is None:
-            val = self.val_data
-            labels = torch.stack([_item(val.labels, i)["label"] for i in range(min(n, len(val.labels)))])
-            photos = torch.stack([_item(val.photos, i)["image"] for i in range(min(n, len(val.photos)))])
-            self._fixed = (labels, photos)
-        return self._fixed
-
-    def _noise(self, seeds: Sequence[int], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The noise of images with these seeds (:mod:`usis.nn.noise`, as ``usis generate`` draws it), on this
-        run's device; its own RNGs, so sampling never shifts the training noise."""
-        G = self.nets.G
-        z, pn = seeded_noise(seeds, G.z_dim, G.pixel_noise, height, width)
-        return z.to(self.device), None if pn is None else pn.to(self.device)
 
     @torch.no_grad()
     def refresh_ema_bn(self) -> None:
@@ -597,51 +304,30 @@ class Trainer:
 
         Deterministic for given EMA weights, which change only in ``train_step``: once per step is enough
         (a sample grid, an evaluation, best.pt and latest.pt often fall on the same step)."""
-        if self._ema_bn_step == self.step:
-            return
-        n = self.cfg.train.ema_bn_batches
-        bs = self.cfg.train.batch_size
-        ds = self.train_data.labels
-        batches = []
-        for b in range(n):
-            idx = [(b * bs + i) % len(ds) for i in range(bs)]
-            labels = torch.stack([_item(ds, i)["label"] for i in idx]).to(self.device)
-            z, noise = self._noise(range(10_000 + b * bs, 10_000 + (b + 1) * bs), *labels.shape[-2:])
-            batches.append((one_hot_labels(labels, self.num_classes), z, noise))
-        refresh_batchnorm(self.nets.G_ema, batches)
-        self._ema_bn_step = self.step
+        if self._ema_bn_step != self.step:
+            t = self.cfg.train
+            refresh_ema_batchnorm(self.nets.G_ema, self.train_data.labels, t.ema_bn_batches, t.batch_size,
+                                  self.num_classes, self.device)
+            self._ema_bn_step = self.step
 
-    @torch.no_grad()
     def generate(self, labels: torch.Tensor, seeds: int | Sequence[int], batch_size: int = 16) -> torch.Tensor:
         """EMA generator images for ``labels`` (N x H x W), image i with noise seed ``seeds[i]`` (an int: the
-        same seed for every image), as ``usis generate`` would make them; returned on the CPU."""
-        G = self.nets.G_ema.eval()
+        same seed for every image), as ``usis generate`` makes them; returned on the CPU."""
         seeds = [int(seeds)] * len(labels) if isinstance(seeds, int) else list(seeds)
-        if len(seeds) != len(labels):
-            raise ValueError(f"{len(seeds)} seeds for {len(labels)} label maps")
-        outs = []
-        for i in range(0, len(labels), batch_size):
-            lab = labels[i:i + batch_size]
-            z, pn = self._noise(seeds[i:i + batch_size], *lab.shape[-2:])
-            m = one_hot_labels(lab.to(self.device), self.num_classes)
-            outs.append(G(m, z if G.z_dim else None, pn).float().cpu())
-        return torch.cat(outs)
+        return generate_images(self.nets.G_ema.eval(), labels, seeds, batch_size=batch_size)
 
-    @torch.no_grad()
     def sample_grid(self) -> Path | None:
-        """``samples/step_XXXXXXX.png``: label | EMA samples for 3 noise seeds | real photos (one row per map)."""
+        """``samples/step_XXXXXXX.png`` (:func:`usis.train.samples.write_grid`), written by rank 0."""
         if not self.is_main:
             return None
-        labels, photos = self._fixed_batch()
-        cols = [colorize_tensor(labels, self.train_data.palette)]
-        with self._all_cores():
-            self.refresh_ema_bn()
-            cols += [self.generate(labels, seed) for seed in (0, 1, 2)]
-        cols.append(photos[: len(labels)])
+        if self._grid_items is None:
+            self._grid_items = first_items(self.val_data)
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         existed = path.exists()
         try:
-            grid = save_grid(cols, path)
+            with self._all_cores():
+                self.refresh_ema_bn()
+                grid = write_grid(path, *self._grid_items, self.train_data.palette, self.generate)
         except Exception as e:  # noqa: BLE001 - re-raised unless the disk is full
             if not existed:
                 path.unlink(missing_ok=True)  # no torn PNG
@@ -670,11 +356,9 @@ class Trainer:
             record = {"step": self.step, **metrics}
             self.log.record("metrics.jsonl", record)
             self.log.scalars("eval", metrics, self.step)
-            key = self.cfg.eval.best_metric
-            if key in metrics:
-                if is_better(key, metrics[key], self.best.get(key)):
-                    self.best = {key: metrics[key], "step": self.step}
-                    improved = True
+            best = new_best(self.best, self.cfg.eval.best_metric, metrics, self.step)
+            if best is not None:
+                self.best, improved = best, True
         metrics, improved, self.best = self.dist.broadcast_object((metrics, improved, self.best))
         self._eval_cache = (self.step, dict(metrics))
         if improved:
@@ -721,7 +405,7 @@ class Trainer:
         self.log.flush()
         return summary
 
-    def _agree(self, *flags: bool) -> list[bool]:
+    def _read_losses_and_agree(self, *flags: bool) -> list[bool]:
         """Read the losses since the last read (one synchronisation with the device) and agree over the ranks
         on ``flags`` (OR-ed); raise :class:`TrainingDiverged` on every rank if any rank saw a non-finite loss.
         The step named is the first non-finite one."""
@@ -756,8 +440,8 @@ class Trainer:
             while self.step < total:
                 labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
-                if t.lr_decay_from < 1.0:
-                    self._set_lr_factor(self.lr_factor(total, budget))
+                if self.lr.decays:
+                    self.lr.set(self.lr_factor(total, budget))
                 losses = self.train_step(labels, photos)  # on the device: nothing here waits for it
                 self.divergence.observe(self.step, losses)
                 now = self.clock()
@@ -772,7 +456,7 @@ class Trainer:
                 stop_now = time_up = False
                 if logs or saves or not self.dist.enabled:
                     flags = (stop.requested, budget is not None and self.train_seconds >= budget)
-                    stop_now, time_up = self._agree(*flags) if logs or saves else flags
+                    stop_now, time_up = self._read_losses_and_agree(*flags) if logs or saves else flags
                 bar.update(1)
                 if logs:
                     last = {k: float(v) for k, v in losses.items()}
@@ -794,7 +478,7 @@ class Trainer:
                 if time_up:
                     summary["time_budget_reached"] = True
                     break
-                if self.lr_schedule is not None and self.step >= self.lr_schedule[1]:
+                if self.lr.ended(self.step):
                     summary["lr_decay_ended"] = True  # the learning rates are 0: nothing more to train
                     break
         self.save("latest")

@@ -1,0 +1,146 @@
+"""What each network learns in one USIS iteration: Eq. 2 of the paper, one phase per network.
+
+Read it next to the paper. ``m``: label maps (class ids ``N x H x W`` for the losses, one-hot ``N x C x H x W``
+for the networks); ``x``: photos of an UNRELATED batch (they never correspond to ``m``); ``z``: noise, drawn
+inside G.
+
+==============  ==============================================================================  =============
+phase           the network minimises                                                           paper
+==============  ==============================================================================  =============
+``generator``   lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))                           Eq. 2, 3, 5
+``segmenter``   L_seg(S(G(m, z)), m), on G's images: S never sees a photo                       Eq. 2, 3
+``discriminator``  L_adv_D(D(x), D(G(m, z))) + lambda_rec * L1(Dec(D_feat(x)), x)               Eq. 5, 3.3
+``r1``          gamma * R1(D, x) on photos (StyleGAN2's lazy R1; ``train.r1_mode``)             Sec. 4
+``ema``         G_ema <- decay * G_ema + (1 - decay) * G                                        Sec. 4
+==============  ==============================================================================  =============
+
+``L_seg`` is the class-balanced cross entropy (Eq. 3, 4); Table 3's ablations are options:
+``train.seg_loss=l1`` makes it CycleGAN's L1 cycle loss, and ``train.lambda_rev > 0`` adds the reverse cycle
+x -> S -> G -> x:
+
+* ``generator``, term ``rev``: lambda_rev * L1(G(S(x)), x), S's reading of the photo held fixed;
+* ``segmenter_reverse``: lambda_rev * L1(G(S(x)), x) + L_adv(D_label(S(x))), G held fixed;
+* ``label_discriminator``: L_adv_D(D_label(m), D_label(S(x))).
+
+Each phase returns a :class:`Loss`: its terms, each with its weight. That is all that happens here: a phase
+calls no optimizer, averages no gradient and knows nothing of autocast, compilation, or which network is
+trainable. :mod:`usis.train.schedule` runs the phases and differentiates each network's loss into that
+network's own parameters; it may compute a forward or the ``seg`` term once for two phases (see there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from usis.config import Config
+from usis.losses import (
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    l1_reconstruction,
+    r1_penalty,
+    segmentation_loss,
+    soft_labels,
+)
+from usis.train.ema import update_ema
+
+
+@dataclass
+class Loss:
+    """One network's objective in one phase: ``sum(weight * value)`` over named ``terms``
+    (``name -> (weight, value)``, 0-d tensors), plus ``logs``: values to watch (detached), not part of it."""
+
+    terms: dict[str, tuple[float, Tensor]]
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+    def total(self) -> Tensor:
+        """The objective, summed in the order of the terms (a weight of 1 multiplies nothing)."""
+        total = None
+        for weight, value in self.terms.values():
+            x = value if weight == 1 else weight * value
+            total = x if total is None else total + x
+        if total is None:
+            raise ValueError("a Loss needs at least one term")
+        return total
+
+
+class USISPhases:
+    """The phases of USIS for the networks ``nets`` (anything with ``G``, ``S``, ``D``, ``decoder`` and
+    ``D_label`` to call: the modules, or the schedule's calls of them) and the run's config.
+
+    ``ema`` updates the modules ``ema_nets.G_ema`` from ``ema_nets.G`` (by default ``nets``)."""
+
+    def __init__(self, cfg: Config, nets: Any, dontcare: int | None, ema_nets: Any = None):
+        self.t = cfg.train
+        self.nets = nets
+        self.ema_nets = ema_nets if ema_nets is not None else nets
+        self.dontcare = dontcare
+        self.extra_channel = cfg.model.s_extra_channel
+        self.reverse = cfg.train.lambda_rev > 0
+
+    # ---------------------------------------------------------------------------------------- a term
+
+    def seg(self, images: Tensor, labels: Tensor) -> Tensor:
+        """``L_seg(S(images), m)`` (Eq. 3; ``train.seg_loss=l1``: Table 3's L1 cycle loss). The one term two
+        phases share: G minimises it with weight ``lambda_seg``, S with weight 1, on the same images."""
+        return segmentation_loss(self.t.seg_loss, self.nets.S(images).float(), labels, self.dontcare,
+                                 self.extra_channel)
+
+    # -------------------------------------------------------------------------------------- phases
+
+    def generator(self, m: Tensor, labels: Tensor, photos: Tensor) -> tuple[Tensor, Loss]:
+        """G: ``lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))``: fool D, and keep every class
+        recognisable for S. Returns G's images (the fakes S and D learn from) and G's loss."""
+        G, D = self.nets.G, self.nets.D
+        fake = G(m)
+        terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
+                 "adv": (1.0, g_nonsaturating_loss(D(fake).float()))}
+        if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
+            with torch.no_grad():
+                read = soft_labels(self.nets.S(photos).float(), self.extra_channel)
+            terms["rev"] = (self.t.lambda_rev, l1_reconstruction(G(read).float(), photos))
+        return fake, Loss(terms)
+
+    def segmenter(self, fake: Tensor, labels: Tensor) -> Loss:
+        """S: ``L_seg(S(fake), m)``: learn to segment G's images into the label maps they were made from."""
+        return Loss({"seg": (1.0, self.seg(fake, labels))})
+
+    def segmenter_reverse(self, photos: Tensor) -> tuple[Tensor, Loss]:
+        """S's half of the reverse cycle (Table 3): read the photo so that G rebuilds it, and so that the label
+        discriminator takes the reading for a label map. Returns the reading and S's loss."""
+        read = soft_labels(self.nets.S(photos).float(), self.extra_channel)
+        rebuilt = self.nets.G(read)
+        return read, Loss({"rev": (self.t.lambda_rev, l1_reconstruction(rebuilt.float(), photos)),
+                           "adv": (1.0, g_nonsaturating_loss(self.nets.D_label(read).float()))})
+
+    def discriminator(self, photos: Tensor, fake: Tensor) -> Loss:
+        """D (with the decoder): ``L_adv_D(D(x), D(fake)) + lambda_rec * L1(Dec(D_feat(x)), x)``: tell photos
+        from G's images, and keep in its features what rebuilds the photo."""
+        D, dec = self.nets.D, self.nets.decoder
+        real_logits, feats = D(photos, return_features=True)
+        fake_logits = D(fake)
+        terms = {"adv": (1.0, d_logistic_loss(real_logits.float(), fake_logits.float()))}
+        if dec is not None:
+            terms["rec"] = (self.t.lambda_rec, l1_reconstruction(dec(feats).float(), photos))
+        return Loss(terms, logs={"d_real": real_logits.detach().float().mean(),
+                                 "d_fake": fake_logits.detach().float().mean()})
+
+    def r1(self, photos: Tensor) -> Loss:
+        """D's R1 penalty ``E ||grad_x D(x)||^2`` on photos (``photos`` must require grad). Weighted by
+        ``r1_gamma`` as in the reference (``train.r1_mode=reference``), by ``r1_gamma / 2`` as in StyleGAN2
+        (``fused``)."""
+        gamma = self.t.r1_gamma if self.t.r1_mode == "reference" else self.t.r1_gamma / 2
+        return Loss({"r1": (gamma, r1_penalty(self.nets.D(photos).float(), photos))})
+
+    def label_discriminator(self, m: Tensor, read: Tensor) -> Loss:
+        """D_label (reverse cycle): tell the label stream's maps from S's readings of photos."""
+        DL = self.nets.D_label
+        return Loss({"adv": (1.0, d_logistic_loss(DL(m).float(), DL(read.detach()).float()))})
+
+    def ema(self, step: int) -> None:
+        """G_ema: the exponential moving average of G's weights (``train.ema_decay``, with the warm-up of
+        ``train.ema_warmup``); its buffers are copied."""
+        update_ema(self.ema_nets.G_ema, self.ema_nets.G, self.t.ema_decay, step, self.t.ema_warmup)

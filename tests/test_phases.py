@@ -1,0 +1,189 @@
+"""The step as phases: a term added to a phase reaches its own network with its own weight, whatever the
+schedule shares, in one process and in a data-parallel run; the phases module stays free of scheduling."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+from conftest import tiny_cfg
+
+from usis.losses import (
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    l1_reconstruction,
+    r1_penalty,
+    segmentation_loss,
+)
+from usis.nn import one_hot_labels
+from usis.train.distributed import Dist, launch
+from usis.train.phases import USISPhases
+from usis.train.trainer import Trainer
+
+L2_WEIGHT = 0.05  # the made-up term: a small L2 on S's logits of G's images, added to S's phase
+# spectral norm off in G and S: the written objective below runs S on the fakes more often than the schedule
+# does (that is what sharing saves), and a spectral norm's power iteration would count each forward
+CASES = {
+    "seg and D forward shared": ["train.lambda_seg=2.5"],  # S's seg term through G's backward, weights 2.5 : 1
+    "nothing of S shared": ["train.lambda_seg=0"],
+}
+
+
+def add_a_g_term_built_on_the_shared_one(monkeypatch):
+    """G also minimises seg**2 / 2: a term of G's that depends on S's parameters through the shared seg term
+    without being it. The schedule must then not take S's gradient from G's backward."""
+    original = USISPhases.generator
+
+    def generator(self, m, labels, photos):
+        fake, loss = original(self, m, labels, photos)
+        loss.terms["seg_sq"] = (0.5, self.seg(fake, labels) ** 2)
+        return fake, loss
+
+    monkeypatch.setattr(USISPhases, "generator", generator)
+
+
+def add_l2_to_the_segmenter_phase(monkeypatch=None):
+    """Adding a term is a few lines: S's phase returns it with its weight; the schedule does the rest."""
+    original = USISPhases.segmenter
+
+    def segmenter(self, fake, labels):
+        loss = original(self, fake, labels)
+        loss.terms["l2"] = (L2_WEIGHT, self.nets.S(fake).float().pow(2).mean())
+        return loss
+
+    if monkeypatch is not None:
+        monkeypatch.setattr(USISPhases, "segmenter", segmenter)
+    else:
+        USISPhases.segmenter = segmenter
+
+
+def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False):
+    """Each network's gradient of its objective as written, by plain autograd on copies of the networks: no
+    shared forward or term, no overlap, no schedule. The caller seeds the RNG as before the step."""
+    t, dontcare = cfg.train, 0
+    G, S, D, dec = nets.G, nets.S, nets.D, nets.decoder
+    for net in (G, S, D, dec):
+        net.requires_grad_(True)
+    m = one_hot_labels(labels, cfg.model.num_classes)
+    fake = G(m)
+
+    def seg(images):
+        return segmentation_loss(t.seg_loss, S(images).float(), labels, dontcare, cfg.model.s_extra_channel)
+
+    seg_fake = seg(fake)
+    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(fake)) + (0.5 * seg_fake ** 2 if seg_sq else 0)
+    f = fake.detach()
+    loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
+    r1 = t.r1_every > 0 and it % t.r1_every == 0
+    real = photos.detach().requires_grad_(r1)
+    real_logits, feats = D(real, return_features=True)
+    loss_d = d_logistic_loss(real_logits, D(f)) + t.lambda_rec * l1_reconstruction(dec(feats), photos)
+    if r1:  # the synthetic preset's fused R1: gamma / 2 * R1, weighted by the interval
+        loss_d = loss_d + t.r1_gamma / 2 * r1_penalty(real_logits, real) * t.r1_every
+    grads = {}
+    for name, loss, params in (("G", loss_g, list(G.parameters())), ("S", loss_s, list(S.parameters())),
+                               ("D", loss_d, list(D.parameters()) + list(dec.parameters()))):
+        grads[name] = list(torch.autograd.grad(loss, params, retain_graph=True))
+    return grads
+
+
+def record_gradients(trainer):
+    """The gradients each optimizer steps on, as it steps."""
+    seen = {}
+    for name, opt in (("G", trainer.opt_g), ("S", trainer.opt_s), ("D", trainer.opt_d)):
+        def step(*a, _real=opt.step, _name=name, _opt=opt, **k):
+            seen[_name] = [p.grad.clone() for group in _opt.param_groups for p in group["params"]]
+            return _real(*a, **k)
+        opt.step = step
+    return seen
+
+
+def steps_against_the_written_objective(trainer, cfg, steps, seed, average=lambda grads: grads, seg_sq=False):
+    """Run ``steps`` steps; before each, the gradients of the written objective on copies of the networks with
+    the same noise. Returns [(gradients stepped on, written gradients, written without the L2 term)]."""
+    out = []
+    seen = record_gradients(trainer)
+    for _ in range(steps):
+        labels = trainer.loaders.next_labels()["label"]
+        photos = trainer.loaders.next_photos()["image"]
+        nets = copy.deepcopy(trainer.nets)
+        it = trainer.step
+        torch.manual_seed(seed + it)
+        want = average(written_gradients(nets, cfg, labels, photos, it, seg_sq=seg_sq))
+        torch.manual_seed(seed + it)
+        without = average(written_gradients(copy.deepcopy(trainer.nets), cfg, labels, photos, it, with_l2=False,
+                                            seg_sq=seg_sq))
+        torch.manual_seed(seed + it)
+        trainer.train_step(labels, photos)
+        trainer.finish_pending_updates()  # a data-parallel run finishes D's update at the next step
+        out.append((dict(seen), want, without))
+    return out
+
+
+def _close(got, want):
+    """Per tensor: |got - want| <= 1e-4 |want| + 1e-7 (float32 sums in another order)."""
+    return all(float((g - w).norm()) <= 1e-4 * float(w.norm()) + 1e-7 for g, w in zip(got, want, strict=True))
+
+
+def check(results):
+    for seen, want, without in results:
+        for name in ("G", "S", "D"):
+            assert _close(seen[name], want[name]), f"{name}'s gradient is not that of its written objective"
+        # the check can fail: without the made-up term S's gradient is not what the optimizer got
+        assert not _close(seen["S"], without["S"])
+        assert _close(seen["G"], without["G"])  # and the term reached S alone
+
+
+def _config(case):
+    return tiny_cfg("model.spectral_norm=false", "train.r1_every=2", *CASES[case])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_term_added_to_s_reaches_s_alone_with_its_weight(tmp_path, monkeypatch, case):
+    add_l2_to_the_segmenter_phase(monkeypatch)
+    cfg = _config(case)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    assert trainer.schedule.share_seg == (cfg.train.lambda_seg > 0) and trainer.schedule.share_d_forward
+    check(steps_against_the_written_objective(trainer, cfg, steps=2, seed=7))  # an R1 step, then one without
+
+
+def test_a_g_term_built_on_the_shared_term_keeps_s_out_of_gs_backward(tmp_path, monkeypatch):
+    add_l2_to_the_segmenter_phase(monkeypatch)
+    add_a_g_term_built_on_the_shared_one(monkeypatch)
+    cfg = _config("seg and D forward shared")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    check(steps_against_the_written_objective(trainer, cfg, steps=2, seed=3, seg_sq=True))
+    assert trainer.schedule._checked == {("S", "seg", "adv", "seg_sq"): False}  # found on the graph, once
+
+
+def _two_process_worker(dist: Dist, case: str, out: str):
+    add_l2_to_the_segmenter_phase()  # in this (spawned) process
+
+    def average(grads):  # the written objective of a data-parallel step: each rank's, averaged
+        for gs in grads.values():
+            for g in gs:
+                torch_dist.all_reduce(g)
+                g /= dist.world_size
+        return grads
+
+    cfg = _config(case)
+    trainer = Trainer(cfg, out, dist=dist, progress=False)
+    results = steps_against_the_written_objective(trainer, cfg, steps=2, seed=11 + 100 * dist.rank, average=average)
+    check(results)
+    return dist.all_gather_object(len(results))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_term_added_to_s_reaches_s_alone_in_two_processes(tmp_path, case):
+    assert launch(_two_process_worker, 2, (case, str(tmp_path))) == [2, 2]
+
+
+def test_the_phases_say_what_is_learned_and_nothing_of_how():
+    """usis/train/phases.py: no optimizer, gradient average, autocast or requires_grad (the schedule's)."""
+    text = (Path(__file__).resolve().parents[1] / "src/usis/train/phases.py").read_text()
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    code = re.sub(r'""".*?"""', "", code, flags=re.DOTALL)  # docstrings may name them
+    for word in ("optim", "average", "autocast", "requires_grad", "backward", "dist"):
+        assert word not in code, f"phases.py mentions {word!r}"
