@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from usis.data.datasets import label_png
 from usis.data.synthetic import CLASS_NAMES, DONTCARE, NUM_CLASSES, SyntheticPaired, labels_to_rgb
 from usis.generate import load_generator
 from usis.metrics.miou import ConfusionMatrix
@@ -95,7 +96,7 @@ def write_maps(labels: torch.Tensor, folder: Path) -> Path:
     for i, lab in enumerate(labels.numpy()):
         path = folder / f"map_{i:05d}.png"
         if not path.is_file():
-            atomic_write(path, lambda f, lab=lab: Image.fromarray(lab.astype(np.uint8), "L").save(f, format="PNG"))
+            atomic_write(path, lambda f, lab=lab: label_png(lab, NUM_CLASSES).save(f, format="PNG"))
     return folder
 
 

@@ -19,7 +19,8 @@ from usis.data.palette import load_class_file
 from usis.data.synthetic import SyntheticLabels
 from usis.errors import GenerateError
 from usis.generate import resize_nearest
-from usis.synthesize import PAUSE_ENV, STAGING, select
+from usis.synthesis import select
+from usis.synthesize import PAUSE_ENV, STAGING
 
 N_MAPS = 4
 

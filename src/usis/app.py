@@ -55,11 +55,10 @@ from PIL import Image
 from scipy import ndimage
 
 from usis.checkpoint import find_checkpoint
-from usis.data.datasets import open_image, resolve_layout
+from usis.data.datasets import label_png, open_image, resolve_layout
 from usis.data.synthetic import make_layout
 from usis.errors import CheckpointError, ConfigError, GenerateError, UsisError, UsisWarning
-from usis.generate import ids_outside, image_label_ids, read_label_map, resize_nearest
-from usis.nn.generator import one_hot_labels
+from usis.generate import ids_outside, image_label_ids, read_label_map, resize_nearest, run_generator
 from usis.nn.noise import noise_vector, seeded_noise, style_map
 from usis.pipeline import USISPipeline
 from usis.utils.images import colorize, to_pil
@@ -418,16 +417,14 @@ class LabelApp:
     def generate(self, ids: np.ndarray, shots: list[Shot], local_style: bool = False) -> list[Image.Image]:
         """One image per shot for the label map ``ids``."""
         labels = torch.from_numpy(self.check_ids(ids))
-        G = self.pipe.generator
-        device, dtype = self.pipe.device, self.pipe.dtype
         noise = [self.noise(labels, s, local_style) for s in shots]
         zs = [z for z, _ in noise]
         if any(z.dim() == 3 for z in zs):
             zs = [z if z.dim() == 3 else z[:, None, None].expand(-1, *labels.shape) for z in zs]
-        z = torch.stack(zs).to(device, dtype) if G.z_dim else None
-        pn = torch.stack([p for _, p in noise]).to(device, dtype) if G.pixel_noise else None
-        m = one_hot_labels(labels[None].expand(len(shots), -1, -1).to(device), self.num_classes).to(dtype)
-        return [to_pil(img) for img in G(m, z, pn).float().cpu()]
+        pixel_noise = torch.stack([p for _, p in noise]) if self.pipe.generator.pixel_noise else None
+        images = run_generator(self.pipe.generator, labels[None].expand(len(shots), -1, -1), torch.stack(zs),
+                               pixel_noise)
+        return [to_pil(img) for img in images]
 
     def restyle(self, shots: list[Shot], class_id: int, ids: np.ndarray, targets: list[int] | None = None,
                 seed: int | None = None) -> list[Shot]:
@@ -455,10 +452,8 @@ class LabelApp:
         """Write the images, the label map (ids and colours) and a zip of them; returns the paths."""
         folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))  # this request's own folder
         try:
-            ids_img = Image.fromarray(ids.astype(np.uint8), mode="L") if self.num_classes <= 256 else \
-                Image.fromarray(ids.astype(np.int32), mode="I")
             paths = [folder / "label_ids.png", folder / "label_color.png"]
-            ids_img.save(paths[0])
+            label_png(ids, self.num_classes).save(paths[0])
             Image.fromarray(colorize(ids, [tuple(c) for c in self.colors])).save(paths[1])
             for img, shot in zip(images, shots, strict=True):
                 regions = "".join(f"_c{c}s{s}" for c, s in shot.regions)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from usis.checkpoint import find_checkpoint, load_checkpoint
 from usis.config import Config, ConfigError
@@ -139,7 +140,7 @@ def export_generator(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) 
     return out / EXPORT_WEIGHTS, out / EXPORT_CONFIG
 
 
-# --------------------------------------------------------------------------------------------- noise
+# -------------------------------------------------------------------------------------------- images
 
 
 @torch.no_grad()
@@ -149,19 +150,34 @@ def generate_images(G: BaseGenerator, labels: torch.Tensor, seeds: Sequence[int]
     image i with noise seed ``seeds[i]``. ``G`` should be in eval mode."""
     if len(seeds) != len(labels):
         raise ValueError(f"{len(seeds)} seeds for {len(labels)} label maps")
-    p = next(G.parameters())
-    device, dtype = p.device, p.dtype  # inputs follow the weights (a float16 / bfloat16 generator)
     out = []
     for i in range(0, len(labels), batch_size):
         lab = labels[i:i + batch_size]
-        z, pn = seeded_noise(seeds[i:i + batch_size], G.z_dim, G.pixel_noise, *lab.shape[-2:], labels=lab,
-                             num_classes=G.num_classes, local_style=local_style)
-        m = one_hot_labels(lab.to(device), G.num_classes).to(dtype)
-        z = z.to(device, dtype) if G.z_dim else None
-        out.append(G(m, z, None if pn is None else pn.to(device, dtype)).float().cpu())
+        z, pixel_noise = seeded_noise(seeds[i:i + batch_size], G.z_dim, G.pixel_noise, *lab.shape[-2:], labels=lab,
+                                      num_classes=G.num_classes, local_style=local_style)
+        out.append(run_generator(G, lab, z, pixel_noise))
     if not out:
         return torch.empty(0, 3, *labels.shape[-2:])
     return torch.cat(out)
+
+
+@torch.no_grad()
+def run_generator(G: BaseGenerator, labels: torch.Tensor, z: torch.Tensor,
+                  pixel_noise: torch.Tensor | None) -> torch.Tensor:
+    """One forward pass of ``G`` with the noise given: float ``N x 3 x H x W`` images in [-1, 1], on the CPU.
+
+    The one place where label maps and noise become ``G``'s inputs: ``labels`` (int64 ``N x H x W`` class
+    ids, any device) are one-hot encoded, and they, ``z`` (``N x z_dim``, or a style map
+    ``N x z_dim x H x W``; unused when ``G.z_dim`` is 0) and ``pixel_noise`` (``N x G.pixel_noise x H x W``,
+    None when ``G.pixel_noise`` is 0) move to the device and floating-point type of ``G``'s weights (a float16
+    / bfloat16 generator). Seeds become noise in :func:`usis.nn.noise.seeded_noise`
+    (:func:`generate_images`), or the caller builds it (the app's per-region styles)."""
+    p = next(G.parameters())
+    device, dtype = p.device, p.dtype
+    onehot = one_hot_labels(labels.to(device), G.num_classes).to(dtype)
+    z = z.to(device, dtype) if G.z_dim else None
+    pixel_noise = None if pixel_noise is None else pixel_noise.to(device, dtype)
+    return G(onehot, z, pixel_noise).float().cpu()
 
 
 # -------------------------------------------------------------------------------------- label files
@@ -228,14 +244,57 @@ def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(ids[rows[:, None], cols[None, :]])
 
 
+def output_stems(labels: Path, files: Sequence[Path]) -> list[str]:
+    """Where each label file's outputs go: its path relative to the ``labels`` folder, without the extension
+    (POSIX separators; ``labels`` one file: its stem). Two files with one stem (``a.png`` and ``a.bmp``)
+    would write the same outputs: a :class:`~usis.errors.GenerateError` names both."""
+    root = labels if labels.is_dir() else None
+    stems = [(f.relative_to(root) if root is not None else Path(f.name)).with_suffix("").as_posix() for f in files]
+    first: dict[str, Path] = {}
+    for f, stem in zip(files, stems, strict=True):
+        if stem in first:
+            raise GenerateError(f"--labels {labels}: two label files share the name {stem!r} ({first[stem].name} and "
+                                f"{f.name}), so their outputs would overwrite each other; rename one")
+        first[stem] = f
+    return stems
+
+
+def check_label_maps(files: Sequence[Path], gen: LoadedGenerator, progress: bool = False) -> list[str]:
+    """Read and check every label file before anything is generated (:func:`read_label_map`: a bad one
+    raises, naming the file and the fix). Returns the sizes (``"HxW"``) of the maps that are not at the
+    model's size, in file order (:func:`load_label_map` resizes them; :func:`resize_note` says so)."""
+    resized = []
+    for f in tqdm(files, desc="checking label maps", unit="map", disable=None if progress else True, leave=False):
+        ids = read_label_map(f, gen.cfg)
+        if ids.shape != gen.size:
+            resized.append(f"{ids.shape[0]}x{ids.shape[1]}")
+    return resized
+
+
+def load_label_map(path: Path, gen: LoadedGenerator) -> np.ndarray:
+    """A label file as int64 ``H x W`` ids at the model's size (:func:`read_label_map`, then
+    :func:`resize_nearest`)."""
+    return resize_nearest(read_label_map(path, gen.cfg), *gen.size)
+
+
+def resize_note(resized: Sequence[str], count: int, gen: LoadedGenerator) -> str | None:
+    """The note for the ``resized`` maps (their sizes, from :func:`check_label_maps`) of ``count``; None if none."""
+    if not resized:
+        return None
+    height, width = gen.size
+    return (f"note: resizing {len(resized)} of {count} label maps ({', '.join(sorted(set(resized)))}) to the "
+            f"model's {height}x{width} (nearest neighbour)")
+
+
+def no_noise_note(gen: LoadedGenerator, n: int, local_style: bool) -> str | None:
+    """The note for asking a generator without noise for several seeds (or local styles); None otherwise."""
+    if gen.G.z_dim == 0 and (n > 1 or local_style):
+        return ("note: this generator was trained without noise (model.noise_3d=false): every seed gives the same "
+                "image")
+    return None
+
+
 # ----------------------------------------------------------------------------------------- generate
-
-
-def _jobs(files: list[Path], root: Path | None, n: int, seed: int) -> Iterator[tuple[Path, str, int]]:
-    for f in files:
-        rel = f.relative_to(root).parent if root is not None else Path()
-        for k in range(n):
-            yield f, str(rel / f.stem), seed + k
 
 
 def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir: str | os.PathLike, n: int = 4,
@@ -252,31 +311,14 @@ def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir
     log = log or (lambda msg: print(msg, file=sys.stderr))
     src = Path(labels).expanduser()
     files = list_label_files(src)
-    root = src if src.is_dir() else None
+    stems = output_stems(src, files)
+    resized = check_label_maps(files, gen)
+    for note in filter(None, (resize_note(resized, len(files), gen), no_noise_note(gen, n, local_style))):
+        log(note)
     height, width = gen.size
-    maps: dict[Path, torch.Tensor] = {}
-    resized = []
-    for f in files:
-        ids = read_label_map(f, gen.cfg)
-        if ids.shape != (height, width):
-            resized.append(f"{ids.shape[0]}x{ids.shape[1]}")
-            ids = resize_nearest(ids, height, width)
-        maps[f] = torch.from_numpy(ids.astype(np.int64))
-    if resized:
-        sizes = ", ".join(sorted(set(resized)))
-        log(f"note: resizing {len(resized)} of {len(files)} label maps ({sizes}) to the model's "
-            f"{height}x{width} (nearest neighbour)")
-    if gen.G.z_dim == 0 and (n > 1 or local_style):
-        log("note: this generator was trained without noise (model.noise_3d=false): every seed gives the same "
-            "image")
-    stems = [stem for _, stem, _ in _jobs(files, root, 1, 0)]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise GenerateError(f"--labels {src}: two label files share the name {dup!r} (different extensions); "
-                            "rename one")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = list(_jobs(files, root, n, seed))
+    jobs = [(f, stem, seed + k) for f, stem in zip(files, stems, strict=True) for k in range(n)]
     left = len(jobs) + (len(files) if colorize else 0)  # files still to write (the estimate of a full disk)
     done: list[Path] = []
     if colorize:
@@ -284,13 +326,14 @@ def generate_from_files(gen: LoadedGenerator, labels: str | os.PathLike, out_dir
         for f, stem in zip(files, stems, strict=True):
             path = out / f"{stem}_label.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write(lambda p, f=f: Image.fromarray(colorize_labels(maps[f], palette)).save(p), path, done, left,
-                   3 * height * width)
+            _write(lambda p, f=f: Image.fromarray(colorize_labels(load_label_map(f, gen), palette)).save(p), path,
+                   done, left, 3 * height * width)
             left -= 1
     written: list[Path] = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i:i + batch_size]
-        lab = torch.stack([maps[f] for f, _, _ in chunk])
+        maps = {f: load_label_map(f, gen) for f in dict.fromkeys(f for f, _, _ in chunk)}  # each file once a batch
+        lab = torch.from_numpy(np.stack([maps[f] for f, _, _ in chunk]))
         images = generate_images(gen.G, lab, [s for _, _, s in chunk], local_style, batch_size)
         for (_, stem, s), img in zip(chunk, images, strict=True):
             path = out / f"{stem}_seed{s}.png"

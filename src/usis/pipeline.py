@@ -15,7 +15,7 @@ column of seed S in a training sample grid (:mod:`usis.nn.noise`). ``local_style
 class region its own style vector.
 
 ``pipe.synthesize(label_maps, seeds=[0, 1])`` makes labelled pairs instead (image, label ids at the image's
-size, score, kept), with the code of ``usis synthesize`` (:mod:`usis.synthesize`).
+size, score, kept), with the code of ``usis synthesize`` (:mod:`usis.synthesis`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from usis.data.datasets import label_set
 from usis.errors import GenerateError
 from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
 from usis.nn.generator import BaseGenerator
-from usis.synthesize import (
+from usis.synthesis import (
     Pair,
     Scorer,
     check_filter,
@@ -181,13 +181,13 @@ class USISPipeline:
                    score: bool = True, segmenter: Scorer | None = None, keep: float | None = None,
                    min_score: float | None = None, local_style: bool = False, batch_size: int = 8) -> list[Pair]:
         """Labelled pairs, as ``usis synthesize`` makes them: for each label map (one, or a list) one
-        :class:`~usis.synthesize.Pair` per seed, map after map.
+        :class:`~usis.synthesis.Pair` per seed, map after map.
 
         A pair holds ``image`` (uint8 ``H x W x 3``; ``pair.image_pil()``), ``label`` (int64 ids at the
         image's size; ``pair.label_pil(pipe.num_classes)`` is the PNG ``usis synthesize`` writes), ``seed``,
         ``index`` (which map), ``score`` (``{"miou", "pixel_accuracy"}`` in percent: the segmenter's reading
         of the image against the map, over the classes present) and ``kept``. ``score=True`` scores with
-        ``segmenter`` (a :class:`~usis.synthesize.Scorer`, e.g. ``usis.synthesize.pretrained_scorer(...)``)
+        ``segmenter`` (a :class:`~usis.synthesis.Scorer`, e.g. ``usis.synthesis.pretrained_scorer(...)``)
         or else the checkpoint's own S (a training checkpoint holds it; an export folder does not: pass a
         segmenter or ``score=False``). ``keep`` (the best fraction by mIoU) or ``min_score`` (mIoU >= it)
         set ``kept``; every pair is returned.

@@ -13,13 +13,12 @@ A folder of label maps (read as ``usis generate`` reads them) becomes::
 Image ``k`` of a map has seed ``seed + k`` and is the image ``usis generate --seed`` writes for it (same
 noise, :mod:`usis.nn.noise`; same batches for the same ``--batch-size``).
 
-Score. A segmenter reads each image (exactly the 8-bit image written) and its reading is compared with
-the input map: pixel accuracy and mIoU over the classes present in the map (the don't-care id and ids the
-segmenter has no class for are not scored), both in percent. The segmenter is the checkpoint's own S by
-default (trained with G on its fakes: it measures whether each class is still readable, not realism), or
-one of ``usis evaluate``'s (DRN-D-105, SegFormer, TorchScript, the synthetic evaluator). ``keep`` (the
-best fraction by mIoU) or ``min_score`` (an mIoU threshold) filter the pairs: rejected pairs are listed in
-the manifest but their files are not in ``images/`` and ``labels/``.
+Score. A segmenter reads each image and its reading is compared with the input map (mIoU and pixel
+accuracy in percent; :mod:`usis.synthesis`, the library core this command shares with
+``USISPipeline.synthesize``, says how). It is the checkpoint's own S by default, or one of ``usis
+evaluate``'s (DRN-D-105, SegFormer, TorchScript, the synthetic evaluator). ``keep`` (the best fraction by
+mIoU) or ``min_score`` (an mIoU threshold) filter the pairs: rejected pairs are listed in the manifest but
+their files are not in ``images/`` and ``labels/``.
 
 Resumable. Pairs are generated in fixed batches of the job list (maps sorted, then seeds) into
 ``OUT/.synthesize/`` (every image written to a temporary file and renamed, so a kill leaves none half
@@ -35,12 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,21 +46,31 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 from tqdm import tqdm
 
-from usis.checkpoint import load_checkpoint
 from usis.config import Config
-from usis.data.datasets import label_set
+from usis.data.datasets import label_png, label_set
 from usis.errors import GenerateError
-from usis.generate import LoadedGenerator, generate_images, list_label_files, read_label_map, resize_nearest
-from usis.metrics.miou import IGNORE_INDEX, ConfusionMatrix
-from usis.metrics.segmenters import build_segmenter
-from usis.metrics.synthetic_eval import SyntheticEvaluator, cache_key
-from usis.nn.build import build_segmenter as build_own_segmenter
-from usis.nn.generator import BaseGenerator
-from usis.nn.pretrained import load_state
-from usis.utils.images import to_uint8
+from usis.generate import (
+    LoadedGenerator,
+    check_label_maps,
+    list_label_files,
+    load_label_map,
+    no_noise_note,
+    output_stems,
+    resize_note,
+)
+from usis.synthesis import (
+    Scorer,
+    check_filter,
+    class_pixels,
+    load_own_segmenter,
+    no_segmenter_message,
+    own_segmenter_scorer,
+    pretrained_scorer,
+    select,
+    synthesize_batch,
+)
 from usis.utils.io import atomic_write
 
 FORMAT = "usis-synthesized"
@@ -71,121 +79,9 @@ MANIFEST, CLASSES, SETTINGS = "manifest.jsonl", "classes.json", "synthesize.json
 STAGING = ".synthesize"  # inside OUT: images generated and scored but not yet selected, and their records
 RECORDS = "records.jsonl"
 PAUSE_ENV = "USIS_SYNTHESIZE_PAUSE"  # seconds to wait after each batch (tests interrupt a run with it)
-SCORE_DIGITS = 4  # scores are stored rounded (percent): the manifest's bytes do not hang on the last float bit
 
 
 # ------------------------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class Scorer:
-    """Reads generated images into class ids and compares them with the label maps they came from.
-
-    ``read(images, labels)``: images ``N x 3 x H x W`` in [-1, 1] and int64 label maps ``N x H x W`` (the
-    model's ids) -> ``(prediction, target)``, int64 ``N x H x W`` each in the segmenter's ids, target -1
-    where a pixel is not scored (don't-care, or a class the segmenter lacks).
-    """
-
-    name: str
-    num_classes: int
-    read: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-    identity: str = ""  # what a resumed run must score with too (the name plus weights / paths)
-
-    @torch.no_grad()
-    def __call__(self, images: Tensor, labels: Tensor) -> list[dict[str, float] | None]:
-        """Per image ``{"miou", "pixel_accuracy"}`` (percent; mIoU over the classes present in the map), or
-        None when no pixel of the map is scored."""
-        pred, target = self.read(images, labels)
-        out: list[dict[str, float] | None] = []
-        for p, t in zip(pred.cpu(), target.cpu(), strict=True):
-            cm = ConfusionMatrix(self.num_classes, ignore_index=-1)
-            cm.update(p, t)
-            if int(cm.hist.sum()) == 0:
-                out.append(None)
-                continue
-            out.append({"miou": round(cm.miou(over="gt"), SCORE_DIGITS),
-                        "pixel_accuracy": round(cm.pixel_accuracy(), SCORE_DIGITS)})
-        return out
-
-
-def _ignore(labels: Tensor, dontcare: int | None) -> Tensor:
-    labels = labels.long()
-    return labels if dontcare is None else torch.where(labels == dontcare, -1, labels)
-
-
-def own_segmenter_scorer(S: torch.nn.Module, cfg: Config, device: torch.device | str = "cpu",
-                         source: str = "") -> Scorer:
-    """The run's segmenter S as a scorer (eval mode; the reference's extra "fake" channel and the
-    don't-care id are never predicted)."""
-    S = S.to(device).eval().requires_grad_(False)
-    k, dontcare, extra = cfg.model.num_classes, cfg.data.dontcare, cfg.model.s_extra_channel
-
-    def read(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        p = next(S.parameters())
-        logits = S(images.to(p.device, p.dtype)).float()
-        if extra:
-            logits = logits[:, 1:]
-        if dontcare is not None and 0 <= dontcare < k:
-            logits[:, dontcare] = -math.inf
-        return logits.argmax(1), _ignore(labels, dontcare)
-
-    return Scorer(f"S (the checkpoint's segmenter{', ' + source if source else ''})", k, read, identity="S")
-
-
-def load_own_segmenter(source: str | os.PathLike, cfg: Config) -> torch.nn.Module | None:
-    """The segmenter S saved with a generator: a training checkpoint holds it, an export folder does not
-    (None). ``source``: the checkpoint file a generator was loaded from (``LoadedGenerator.source``)."""
-    src = Path(source)
-    if src.is_dir() or src.suffix == ".safetensors":
-        return None
-    state = load_checkpoint(src)
-    if not isinstance(state, dict) or "S" not in state:
-        return None
-    S = build_own_segmenter(cfg)
-    load_state(S, state["S"], f"{src} (S)")
-    return S.eval().requires_grad_(False)
-
-
-def no_segmenter_message(source: str, cfg: Config, api: bool = False) -> str:
-    """Why an export cannot score its pairs, and the fix (the CLI's options, or the Python API's)."""
-    if api:
-        fix = "segmenter=usis.synthesize.pretrained_scorer(...), or score=False"
-    else:
-        kinds = "drn|segformer|torchscript" + ("|synthetic" if cfg.data.kind == "synthetic" else "")
-        fix = f"--segmenter {kinds} (with --segmenter-path)"
-    return (f"{source} is an exported generator without the segmenter S: the score needs a training checkpoint "
-            f"(RUN/checkpoints/latest.pt, which holds S) or {fix}")
-
-
-def pretrained_scorer(kind: str, path: str | None, cfg: Config, mapping: str | None = None,
-                      device: torch.device | str = "cpu") -> Scorer:
-    """One of ``usis evaluate``'s segmenters as a scorer: ``drn``, ``segformer``, ``torchscript`` (real
-    data), or ``synthetic`` (the synthetic preset's evaluator)."""
-    if kind == "synthetic":
-        if cfg.data.kind != "synthetic":
-            raise GenerateError(f"--segmenter synthetic: the synthetic evaluator reads only the synthetic preset's "
-                                f"scenes; this generator was trained on {cfg.data.kind} (use drn, segformer, "
-                                "torchscript or the checkpoint's S)")
-        ev = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
-                                              device=device)
-        dontcare = cfg.data.dontcare
-
-        def read_synthetic(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-            return ev.segment(images), _ignore(labels, dontcare)
-
-        return Scorer("synthetic evaluator (usis.metrics.synthetic_eval)", cfg.model.num_classes, read_synthetic,
-                      identity=f"synthetic:{cache_key(cfg.data.height, cfg.data.width)}")
-    if not path:
-        raise GenerateError(f"--segmenter {kind} needs --segmenter-path (the weights file, model folder or "
-                            "TorchScript file)")
-    seg = build_segmenter(kind, path, cfg.data.kind, mapping, device)
-
-    def read(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        pred = seg(images, size=tuple(labels.shape[-2:]))
-        target = seg.map_labels(labels.to(pred.device))
-        return pred, torch.where(target == IGNORE_INDEX, -1, target)
-
-    return Scorer(seg.name, seg.num_classes, read, identity=f"{kind}:{Path(path).expanduser().resolve()}")
 
 
 def make_scorer(gen: LoadedGenerator, segmenter: str | None = "own", segmenter_path: str | None = None,
@@ -208,137 +104,38 @@ def make_scorer(gen: LoadedGenerator, segmenter: str | None = "own", segmenter_p
     return own_segmenter_scorer(S, gen.cfg, gen.device, source=f"step {gen.step}"), ""
 
 
-# ------------------------------------------------------------------------------------ the shared core
-
-
-@dataclass
-class Pair:
-    """One synthesized pair: ``image`` uint8 ``H x W x 3`` (exactly what is written), ``label`` int64
-    ``H x W`` ids at the image's size, its noise ``seed``, ``score`` (None: not scored) and ``kept``."""
-
-    image: np.ndarray
-    label: np.ndarray
-    seed: int
-    score: dict[str, float] | None = None
-    kept: bool = True
-    source: str = ""  # the label map it came from (a path relative to --labels, or label_map[i])
-    index: int = 0  # which of the label maps given to USISPipeline.synthesize
-
-    @property
-    def pixels(self) -> dict[str, int]:
-        """Pixels per class id present (string keys, as in the manifest)."""
-        return class_pixels(self.label)
-
-    def image_pil(self) -> Image.Image:
-        return Image.fromarray(self.image)
-
-    def label_pil(self, num_classes: int) -> Image.Image:
-        return label_image(self.label, num_classes)
-
-
-def class_pixels(label: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(label.ravel().astype(np.int64))
-    return {str(i): int(c) for i, c in enumerate(counts) if c}
-
-
-def label_image(ids: np.ndarray, num_classes: int) -> Image.Image:
-    """Class ids as a PNG-ready image: 8-bit grayscale (``L``), 16-bit (``I;16``) for more than 256 ids."""
-    if num_classes <= 256:
-        return Image.fromarray(ids.astype(np.uint8), "L")
-    return Image.fromarray(ids.astype(np.uint16))
-
-
-@torch.no_grad()
-def synthesize_batch(G: BaseGenerator, labels: Tensor, seeds: Sequence[int], scorer: Scorer | None = None,
-                     local_style: bool = False) -> tuple[np.ndarray, list[dict[str, float] | None]]:
-    """The pairs of one batch: uint8 images ``N x H x W x 3`` for int64 ``labels`` (``N x H x W``, the
-    model's size) with noise ``seeds`` (one forward pass), and their scores (None without a scorer).
-    The score reads the 8-bit image, so a file read back scores the same."""
-    images = to_uint8(generate_images(G, labels, list(seeds), local_style, batch_size=max(1, len(seeds))))
-    if scorer is None:
-        return images, [None] * len(images)
-    dev = next(G.parameters()).device
-    x = torch.from_numpy(images).to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return images, scorer(x, labels)
-
-
-def select(scores: Sequence[dict[str, float] | None], keep: float | None = None,
-           min_score: float | None = None) -> list[bool]:
-    """Which pairs to keep: the best ``round(keep * N)`` by mIoU (ties: the earlier pair), or those with
-    mIoU >= ``min_score``, or all. Unscored pairs (no scored pixel) rank last and fail any threshold."""
-    n = len(scores)
-    if keep is None and min_score is None:
-        return [True] * n
-    value = [(-math.inf if s is None else float(s["miou"])) for s in scores]
-    if min_score is not None:
-        return [v >= min_score for v in value]
-    count = int(math.floor(keep * n + 0.5))
-    order = sorted(range(n), key=lambda i: (-value[i], i))
-    kept = [False] * n
-    for i in order[:count]:
-        kept[i] = True
-    return kept
-
-
-def check_filter(keep: float | None, min_score: float | None) -> None:
-    if keep is not None and min_score is not None:
-        raise GenerateError("--keep and --min-score both given: filter by one of them")
-    if keep is not None and not 0 < keep <= 1:
-        raise GenerateError(f"--keep {keep}: give the fraction of pairs to keep, in (0, 1] (0.7 keeps the best 70 %)")
-
-
 # ------------------------------------------------------------------------------------------ the jobs
 
 
 @dataclass(frozen=True)
 class Job:
-    """One pair to make: label file ``path`` (``rel``: relative to --labels, POSIX), noise ``seed``."""
+    """One pair to make: label file ``path`` (``rel``: relative to --labels, POSIX; ``stem``: the same
+    without the extension, :func:`usis.generate.output_stems`), noise ``seed``."""
 
     path: Path
     rel: str
+    stem: str
     seed: int
 
     @property
     def name(self) -> str:
         """``<relative stem>_s<seed>.png``: the file name under images/ and labels/."""
-        stem = self.rel.rsplit(".", 1)[0]
-        return f"{stem}_s{self.seed}.png"
+        return f"{self.stem}_s{self.seed}.png"
 
     @property
     def key(self) -> str:
         return f"{self.rel}#{self.seed}"
 
 
-def plan_jobs(labels: str | os.PathLike, n: int, seed: int) -> tuple[list[Job], Path | None]:
+def plan_jobs(labels: str | os.PathLike, n: int, seed: int) -> list[Job]:
     """Every label file under ``labels`` (or the one file) times ``n`` seeds, in order (maps sorted)."""
     if n < 1:
         raise GenerateError(f"--n {n}: make at least one image per label map")
     src = Path(labels).expanduser()
     files = list_label_files(src)
-    root = src if src.is_dir() else None
-    rels = [f.relative_to(root).as_posix() if root is not None else f.name for f in files]
-    stems = [r.rsplit(".", 1)[0] for r in rels]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise GenerateError(f"--labels {src}: two label files share the name {dup!r} (different extensions); "
-                            "rename one")
-    return [Job(f, r, seed + k) for f, r in zip(files, rels, strict=True) for k in range(n)], root
-
-
-def check_maps(files: Sequence[Path], gen: LoadedGenerator, progress: bool = True) -> list[str]:
-    """Read and check every label map before anything is generated (a bad one raises, naming the file);
-    returns the sizes (``HxW``) of the maps that will be resized."""
-    height, width = gen.size
-    resized = []
-    for f in tqdm(files, desc="checking label maps", unit="map", disable=None if progress else True, leave=False):
-        ids = read_label_map(f, gen.cfg)
-        if ids.shape != (height, width):
-            resized.append(f"{ids.shape[0]}x{ids.shape[1]}")
-    return resized
-
-
-def load_map(path: Path, gen: LoadedGenerator) -> np.ndarray:
-    return resize_nearest(read_label_map(path, gen.cfg), *gen.size)
+    stems = output_stems(src, files)
+    rels = [f.relative_to(src).as_posix() if src.is_dir() else f.name for f in files]
+    return [Job(f, rel, stem, seed + k) for f, rel, stem in zip(files, rels, stems, strict=True) for k in range(n)]
 
 
 # --------------------------------------------------------------------------------------- the folder
@@ -472,9 +269,9 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
     if batch_size < 1:
         raise GenerateError(f"--batch-size {batch_size}: use at least 1")
     out = Path(out).expanduser()
-    jobs, _ = plan_jobs(labels, n, seed)
+    jobs = plan_jobs(labels, n, seed)
     files = list(dict.fromkeys(j.path for j in jobs))
-    resized = check_maps(files, gen, progress)
+    resized = check_label_maps(files, gen, progress)
     identity = _identity(gen, scorer, local_style)
     _check_out(out, identity)
     records = _read_records(out)
@@ -485,15 +282,14 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
         raise GenerateError(f"--out {out} holds {len(stale)} pair(s) these arguments do not make (e.g. {source} with "
                             f"seed {s}): rerun with the --labels / --n / --seed of that folder (a superset is fine), "
                             "or choose a new --out")
-    if resized:
-        log(f"note: resizing {len(resized)} of {len(files)} label maps ({', '.join(sorted(set(resized)))}) to the "
-            f"model's {gen.size[0]}x{gen.size[1]} (nearest neighbour)")
+    notes = [resize_note(resized, len(files), gen)]
     if note:
-        log(f"note: {note}")
+        notes.append(f"note: {note}")
     if min_score is not None and 0 < min_score <= 1:
-        log(f"note: scores are mIoU in percent (0-100): --min-score {min_score} keeps nearly every pair")
-    if gen.G.z_dim == 0 and (n > 1 or local_style):
-        log("note: this generator was trained without noise (model.noise_3d=false): every seed gives the same image")
+        notes.append(f"note: scores are mIoU in percent (0-100): --min-score {min_score} keeps nearly every pair")
+    notes.append(no_noise_note(gen, n, local_style))
+    for line in filter(None, notes):
+        log(line)
 
     # --- nothing written before this line ---
     out.mkdir(parents=True, exist_ok=True)
@@ -513,7 +309,7 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
     generated = 0
 
     def make(chunk: list[Job]) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None]]:
-        read = {p: load_map(p, gen) for p in dict.fromkeys(j.path for j in chunk)}  # each map once per batch
+        read = {p: load_label_map(p, gen) for p in dict.fromkeys(j.path for j in chunk)}  # each map once per batch
         maps = np.stack([read[j.path] for j in chunk])
         images, scores = synthesize_batch(gen.G, torch.from_numpy(maps), [j.seed for j in chunk], scorer, local_style)
         return maps, images, scores
@@ -572,9 +368,9 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
                 os.replace(staged, final_img)
             if not final_lab.is_file():
                 if last[0] != j.path:  # the seeds of a map follow each other: read it once
-                    last = (j.path, load_map(j.path, gen))
+                    last = (j.path, load_label_map(j.path, gen))
                 ids = last[1]
-                atomic_write(final_lab, lambda f, ids=ids: label_image(ids, k).save(f, format="PNG"))
+                atomic_write(final_lab, lambda f, ids=ids: label_png(ids, k).save(f, format="PNG"))
         else:
             for p in (final_img, final_lab, staged):
                 p.unlink(missing_ok=True)

@@ -119,6 +119,21 @@ def label_array(img: Image.Image, path: str, kind: str = "folder") -> np.ndarray
     raise DatasetError(f"{path}: unsupported label image mode {mode}; {_INDEX_PNG_FIX}")
 
 
+MAX_PNG_CLASSES = 65536  # a 16-bit PNG's ids
+
+
+def label_png(ids: np.ndarray, num_classes: int) -> Image.Image:
+    """Class ids (integer ``H x W`` in ``[0, num_classes)``) as the image a label PNG is saved from: 8-bit
+    grayscale (``L``) for up to 256 classes, 16-bit grayscale (``I;16``) beyond; :func:`label_array` reads
+    both back. (``usis app`` once saved 32-bit ``I`` images: Pillow wrote them as the same 16-bit PNG.)"""
+    if num_classes > MAX_PNG_CLASSES:
+        raise DatasetError(f"{num_classes} classes: a label PNG holds ids up to {MAX_PNG_CLASSES - 1}; use a label "
+                           f"set of at most {MAX_PNG_CLASSES} classes")
+    if num_classes <= 256:
+        return Image.fromarray(np.asarray(ids).astype(np.uint8), "L")
+    return Image.fromarray(np.asarray(ids).astype(np.uint16))
+
+
 def remap_coco(raw: np.ndarray) -> np.ndarray:
     """COCO-Stuff (SPADE layout): stored value v -> id v + 1, 255 (unknown) -> 0."""
     ids = raw + 1

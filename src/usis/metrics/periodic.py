@@ -14,7 +14,7 @@ from usis.errors import PeriodicEvaluationWarning
 from usis.metrics.diversity import msssim_diversity
 from usis.metrics.fid import MetricsError, build_inception, compute_fid
 from usis.metrics.protocol import label_batches, parse_metrics, photo_batches, real_key
-from usis.metrics.synthetic_eval import SyntheticEvaluator
+from usis.metrics.scoring import scoring_segmenter
 
 EVAL_SEED = 1234  # image i of a periodic evaluation has noise seed EVAL_SEED + i
 
@@ -30,9 +30,7 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
 
     def evaluate(trainer) -> dict[str, float]:
         if "ev" not in state:
-            state["ev"] = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width,
-                                                           cache_dir=cfg.eval.cache_dir or None,
-                                                           device=str(trainer.device))
+            state["ev"] = scoring_segmenter(cfg, "synthetic", device=str(trainer.device))
         fake = trainer.generate(labels, range(EVAL_SEED, EVAL_SEED + len(labels)), batch_size=cfg.eval.batch_size)
         out = {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
         if diversity:

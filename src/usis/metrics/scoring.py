@@ -78,18 +78,41 @@ class Tools:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def scoring_segmenter(cfg: Config, kind: str, path: str | None = None, mapping: str | None = None,
+                      device: torch.device | str = "cpu") -> SyntheticEvaluator | Segmenter:
+    """The network that reads generated images back into class ids, to score them against their label maps
+    (``usis evaluate``'s mIoU, ``usis synthesize``'s per-pair score).
+
+    ``kind``: ``synthetic``, the synthetic preset's own evaluator at the run's image size (trained once,
+    cached under ``eval.cache_dir``), only for a model of that preset; or ``drn`` / ``segformer`` /
+    ``torchscript``, a pretrained segmenter loaded from ``path`` (:func:`build_segmenter`; ``mapping``:
+    the torchscript class mapping). A missing path or a wrong kind raises, naming the option to pass.
+    """
+    if kind == "synthetic":
+        if cfg.data.kind != "synthetic":
+            raise EvaluateError(f"--segmenter synthetic: the synthetic evaluator reads only the synthetic preset's "
+                                f"scenes; this model was trained on {cfg.data.kind} (use drn, segformer or "
+                                "torchscript with --segmenter-path, or the checkpoint's own S)")
+        return SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
+                                                device=device)
+    if not path:
+        raise EvaluateError(f"--segmenter {kind} needs --segmenter-path (the weights file, model folder or "
+                            "TorchScript file)")
+    return build_segmenter(kind, path, cfg.data.kind, mapping, device)
+
+
 def evaluation_tools(cfg: Config, wanted: list[str], device: torch.device, segmenter: str | None = None,
                      segmenter_path: str | None = None, segmenter_mapping: str | None = None) -> Tools:
     """Build (and load the weights of) everything ``wanted`` needs, before any image is generated: a missing
-    weights file fails here, with a message that says which file to pass."""
+    weights file fails here, with a message that says which file to pass. The synthetic preset is always
+    scored by its own evaluator (``segmenter`` is not used); real data by ``segmenter``."""
     tools = Tools()
     if "fid" in wanted or "kid" in wanted:
         tools.extractors["fid"] = build_inception(cfg.eval.fid_weights or None).to(device)
         tools.meta["fid_extractor"] = tools.extractors["fid"].extractor_id
     kind = cfg.data.kind
     if kind == "synthetic" and ("miou" in wanted or "sfid" in wanted):
-        ev = SyntheticEvaluator.load_or_train(cfg.data.height, cfg.data.width, cache_dir=cfg.eval.cache_dir or None,
-                                              device=device)
+        ev = scoring_segmenter(cfg, "synthetic", device=device)
         if "miou" in wanted:
             tools.scorer = SyntheticMiou(ev)
             tools.meta["segmenter"] = SyntheticMiou.name
@@ -102,9 +125,6 @@ def evaluation_tools(cfg: Config, wanted: list[str], device: torch.device, segme
                     "or --segmenter torchscript --segmenter-path MODEL.pt --segmenter-mapping MAP.json")
             raise EvaluateError(f"mIoU needs a pretrained segmentation network: pass {hint} (or drop miou from "
                                 "--metrics)")
-        if not segmenter_path:
-            raise EvaluateError(f"--segmenter {segmenter} needs --segmenter-path (the weights file, model folder or "
-                                "TorchScript file)")
-        tools.scorer = PretrainedMiou(build_segmenter(segmenter, segmenter_path, kind, segmenter_mapping, device))
+        tools.scorer = PretrainedMiou(scoring_segmenter(cfg, segmenter, segmenter_path, segmenter_mapping, device))
         tools.meta["segmenter"] = tools.scorer.name
     return tools
