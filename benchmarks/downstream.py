@@ -6,11 +6,22 @@ present in labels or prediction, and IoU per class). Rows:
 
 * ``oracle``: real photos with their true labels (the upper bound);
 * ``no_translation``: the same label maps painted in the palette's colours (the lower bound);
-* ``usis_all``: the USIS images of the same label maps (``usis synthesize``, every pair);
-* ``usis_kept``: those kept by ``usis synthesize --keep KEEP`` (scored by the checkpoint's own S);
-* ``few_real``: the first ``FEW`` real pairs alone;
-* ``few_real+usis``: the same ``FEW`` real pairs plus every USIS pair (one training set: batches are
-  drawn uniformly from the union, so no source is up-weighted).
+* ``usis_all``: the USIS images of the same label maps, one noise seed for every map (``usis synthesize
+  --one-style --seed 0``: the whole set in one style, as before issue 30);
+* ``usis_kept``: those kept by ``--keep KEEP`` (scored by the checkpoint's own S), one style;
+* ``usis_seeds``: a noise seed of its own per map (``usis synthesize``'s default since issue 30);
+* ``usis_filtered``: per-map seeds, ``--pixel-filter 1.25`` (FreeMask's pixel filter; the filter's segmenter
+  is the synthetic evaluator, trained on real renderings, its class means from its own held-out renderings);
+* ``usis_resampled``: per-map seeds, ``--resample hard --n RESAMPLE_N``;
+* ``usis_filtered_resampled``: both (the recipe the mixing rows below use);
+* ``few_real`` (``FEW`` real pairs, default 50) and ``few10`` (``FEW_SMALL``, default 10): the first real pairs
+  alone;
+* ``few_real+usis``: the ``FEW`` real pairs plus every ``usis_all`` pair (a uniform union: batches are drawn
+  uniformly from it, so no source is up-weighted; the row as before issue 30);
+* ``fewK+usis``, ``fewK+usis_half``, ``fewK_ft`` (K = 10, 50), with the ``usis_filtered_resampled`` pairs: the
+  uniform union; half of every batch real (4 of 8, SYNTHIA's balanced batches); the segmenter of the
+  ``usis_filtered_resampled`` row fine-tuned on the K real pairs (the same recipe and steps again: this row
+  has twice the steps of the others).
 
 Data. Every row's label maps are the layouts of one pool, ``SyntheticPaired(MAPS, seed=POOL_SEED,
 split="train")``: a paired stream, which no USIS training stream draws from, so the generator never saw
@@ -62,6 +73,7 @@ from usis.generate import load_generator
 from usis.metrics.miou import ConfusionMatrix
 from usis.metrics.synthetic_eval.fit import CROP, TRAIN_IMAGES, TRAIN_STEPS, fit_evalnet
 from usis.metrics.synthetic_eval.net import EvalNet, work_size
+from usis.synthesis import real_statistics
 from usis.synthesize import make_scorer, synthesize_folder
 from usis.utils.device import resolve_device
 from usis.utils.images import save_grid
@@ -70,8 +82,12 @@ from usis.utils.io import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 POOL_SEED = 4242  # the paired pool and the test photos: a seed no other stream of the project uses
 SEGMENTER_SEED = 1000  # + the seed index: the downstream network's init and batches
-ROWS = ["oracle", "no_translation", "usis_all", "usis_kept", "few_real", "few_real+usis"]
-GENERATOR_ROWS = {"usis_all", "usis_kept", "few_real+usis"}
+ROWS = ["oracle", "no_translation", "usis_all", "usis_kept", "usis_seeds", "usis_filtered", "usis_resampled",
+        "usis_filtered_resampled", "few10", "few10+usis", "few10+usis_half", "few10_ft", "few_real",
+        "few_real+usis", "few50+usis", "few50+usis_half", "few50_ft"]
+RECIPE = "usis_filtered_resampled"  # the synthetic pairs the mixing rows use
+FILTER_MARGIN = 1.25
+RESAMPLE_N = 4
 REAL_CLASSES = [c for c in range(NUM_CLASSES) if c != DONTCARE]
 
 
@@ -117,14 +133,18 @@ def read_pairs(out: Path) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
 
 
 def synthesize(ckpt: str, maps: Path, out: Path, keep: float | None, per_map: int, device: torch.device,
-               batch_size: int) -> Path:
-    """``usis synthesize --checkpoint CKPT --labels MAPS --out OUT [--keep KEEP] --n PER_MAP`` (resumable)."""
+               batch_size: int, one_style: bool = True, pixel_filter: float | None = None,
+               resample: str | None = None) -> Path:
+    """``usis synthesize --checkpoint CKPT --labels MAPS --out OUT --seed 0 --n PER_MAP [--one-style] [--keep KEEP]
+    [--pixel-filter M] [--resample hard]`` (resumable); the filter measures with the synthetic evaluator."""
     gen = load_generator(ckpt, device)
     if gen.cfg.data.kind != "synthetic":
         raise SystemExit(f"{ckpt}: trained on {gen.cfg.data.kind}; the downstream test runs on the synthetic preset")
     scorer, note = make_scorer(gen, "own", required=keep is not None)
+    measure = real_statistics(gen.cfg, gen.device) if pixel_filter is not None or resample is not None else None
     synthesize_folder(gen, maps, out, n=per_map, seed=0, keep=keep, scorer=scorer, note=note,
-                      batch_size=batch_size, progress=False, log=lambda m: print(f"[downstream] {m}", file=sys.stderr))
+                      batch_size=batch_size, progress=False, log=lambda m: print(f"[downstream] {m}", file=sys.stderr),
+                      one_style=one_style, pixel_filter=pixel_filter, resample=resample, measure=measure)
     return out
 
 
@@ -132,12 +152,13 @@ def synthesize(ckpt: str, maps: Path, out: Path, keep: float | None, per_map: in
 
 
 def train_segmenter(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
-                    device: torch.device) -> EvalNet:
-    """A fresh ``EvalNet`` trained on (images, labels) by the synthetic evaluator's recipe."""
+                    device: torch.device, mix: tuple[int, int] | None = None, init: EvalNet | None = None) -> EvalNet:
+    """An ``EvalNet`` trained on (images, labels) by the synthetic evaluator's recipe (``mix``: balanced batches;
+    ``init``: fine-tune this net; see :func:`usis.metrics.synthetic_eval.fit.fit_evalnet`)."""
     height, width = images.shape[-2:]
     f = height / work_size(height, width)[0]
     ch, cw = min(height, round(CROP[0] * f)), min(width, round(CROP[1] * f))
-    return fit_evalnet(images, labels, steps, seed, (ch, cw), device)[0].eval()
+    return fit_evalnet(images, labels, steps, seed, (ch, cw), device, mix=mix, init=init)[0].eval()
 
 
 @torch.no_grad()
@@ -159,9 +180,10 @@ def evaluate(net: EvalNet, images: torch.Tensor, labels: torch.Tensor, device: t
 
 
 def protocol(args, size: tuple[int, int]) -> dict:
-    return {"maps": args.maps, "per_map": args.per_map, "keep": args.keep, "few": args.few, "test": args.test,
-            "steps": args.steps, "size": list(size), "pool_seed": POOL_SEED, "segmenter_seed": SEGMENTER_SEED,
-            "version": 1}
+    return {"maps": args.maps, "per_map": args.per_map, "keep": args.keep, "few": args.few,
+            "few_small": args.few_small, "test": args.test, "steps": args.steps, "size": list(size),
+            "pool_seed": POOL_SEED, "segmenter_seed": SEGMENTER_SEED, "filter_margin": FILTER_MARGIN,
+            "resample_n": RESAMPLE_N, "version": 2}
 
 
 def digest(path: str) -> str:
@@ -195,6 +217,7 @@ def run_study(args) -> dict[str, dict[int, dict]]:
     for i, ckpt in enumerate(args.checkpoints):
         ident = {"protocol": proto, "checkpoint": str(Path(ckpt).resolve()), "digest": digest(ckpt), "seed": i}
         data = None
+        nets: dict[str, EvalNet] = {}
         for row in ROWS:
             path = work / "results" / row / f"seed{i}.json"
             if path.is_file():
@@ -204,12 +227,22 @@ def run_study(args) -> dict[str, dict[int, dict]]:
                     continue
             if data is None:
                 data = _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device)
-            images, labels = data[row]
+            images, labels, mix, init = data[row]
             t = time.perf_counter()
-            net = train_segmenter(images, labels, args.steps, SEGMENTER_SEED + i, device)
+            start = None
+            if init is not None:  # fine-tuning: the row's segmenter first (the same net as that row's)
+                if init not in nets:
+                    img0, lab0, mix0, _ = data[init]
+                    nets[init] = train_segmenter(img0, lab0, args.steps, SEGMENTER_SEED + i, device, mix0)
+                start = nets[init]
+            net = train_segmenter(images, labels, args.steps, SEGMENTER_SEED + i, device, mix, start)
+            if row == RECIPE:
+                nets[row] = net
             res = {**ident, "row": row, "train_pairs": len(images), **evaluate(net, test_images, test_labels, device),
                    "train_seconds": time.perf_counter() - t}
-            if row in ("usis_all", "usis_kept"):
+            if row in data.get("ignored", {}):
+                res["ignored"] = data["ignored"][row]
+            if row in data["scores"]:
                 res["s_score"] = data["scores"][row]
             atomic_write(path, json.dumps(res, indent=1) + "\n")
             results[row][i] = res
@@ -219,31 +252,54 @@ def run_study(args) -> dict[str, dict[int, dict]]:
 
 
 def _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device) -> dict:
+    """Each row's training set ``(images, labels, mix, init)`` (``mix``: balanced batches; ``init``: the row whose
+    segmenter this one fine-tunes), the S scores of the one-style sets and the ignored share of the filtered."""
     synth = work / "synth" / f"g{i}"
-    all_dir = synthesize(ckpt, maps, synth / "all", None, args.per_map, device, args.batch_size)
-    kept_dir = synthesize(ckpt, maps, synth / "kept", args.keep, args.per_map, device, args.batch_size)
-    u_img, u_lab, u_rows = read_pairs(all_dir)
-    k_img, k_lab, k_rows = read_pairs(kept_dir)
-    every = manifest(kept_dir)
+    b = args.batch_size
+    dirs = {"usis_all": synthesize(ckpt, maps, synth / "all", None, args.per_map, device, b),
+            "usis_kept": synthesize(ckpt, maps, synth / "kept", args.keep, args.per_map, device, b),
+            "usis_seeds": synthesize(ckpt, maps, synth / "seeds", None, args.per_map, device, b, one_style=False),
+            "usis_filtered": synthesize(ckpt, maps, synth / "filtered", None, args.per_map, device, b, one_style=False,
+                                        pixel_filter=FILTER_MARGIN),
+            "usis_resampled": synthesize(ckpt, maps, synth / "resampled", None, RESAMPLE_N, device, b,
+                                         one_style=False, resample="hard"),
+            "usis_filtered_resampled": synthesize(ckpt, maps, synth / "filtered_resampled", None, RESAMPLE_N, device,
+                                                  b, one_style=False, pixel_filter=FILTER_MARGIN, resample="hard")}
+    sets = {row: read_pairs(d) for row, d in dirs.items()}
+    every = manifest(dirs["usis_kept"])
 
     def mean_score(rows):
         vals = [r["score"]["miou"] for r in rows if r["score"] is not None]
         return statistics.fmean(vals) if vals else math.nan
 
+    def ignored_share(rows):  # the share of all pixels written as the ignore id
+        total = sum(sum(r["pixels"].values()) for r in rows)
+        dropped = sum(r["pixels"][c] * f for r in rows for c, f in r["ignored"].items())
+        return dropped / total if total else math.nan
+
     rejected = [r for r in every if not r["kept"]]
     if i == 0:
-        pairs_grid(all_dir, u_rows, Path(args.report_dir) / f"{args.name}_pairs.png")
-    return {
-        "oracle": (pool_images, pool_labels),
-        "no_translation": (painted(pool_labels), pool_labels),
-        "usis_all": (u_img, u_lab),
-        "usis_kept": (k_img, k_lab),
-        "few_real": (pool_images[:few], pool_labels[:few]),
-        "few_real+usis": (torch.cat([pool_images[:few], u_img]), torch.cat([pool_labels[:few], u_lab])),
-        "scores": {"usis_all": {"mean": mean_score(u_rows)},
-                   "usis_kept": {"mean_kept": mean_score(k_rows), "mean_rejected": mean_score(rejected),
-                                 "kept": len(k_rows), "rejected": len(rejected)}},
+        pairs_grid(dirs["usis_all"], sets["usis_all"][2], Path(args.report_dir) / f"{args.name}_pairs.png")
+    out = {
+        "oracle": (pool_images, pool_labels, None, None),
+        "no_translation": (painted(pool_labels), pool_labels, None, None),
+        **{row: (img, lab, None, None) for row, (img, lab, _) in sets.items()},
+        "few_real+usis": (torch.cat([pool_images[:few], sets["usis_all"][0]]),
+                          torch.cat([pool_labels[:few], sets["usis_all"][1]]), None, None),
+        "scores": {"usis_all": {"mean": mean_score(sets["usis_all"][2])},
+                   "usis_kept": {"mean_kept": mean_score(sets["usis_kept"][2]), "mean_rejected": mean_score(rejected),
+                                 "kept": len(sets["usis_kept"][2]), "rejected": len(rejected)}},
+        "ignored": {row: ignored_share(sets[row][2]) for row in ("usis_filtered", "usis_filtered_resampled")},
     }
+    r_img, r_lab, _ = sets[RECIPE]
+    for k, name in ((min(args.few_small, args.maps), "few10"), (few, "few50")):
+        real_img, real_lab = pool_images[:k], pool_labels[:k]
+        out["few_real" if name == "few50" else name] = (real_img, real_lab, None, None)
+        union = (torch.cat([real_img, r_img]), torch.cat([real_lab, r_lab]))
+        out[f"{name}+usis"] = (*union, None, None)
+        out[f"{name}+usis_half"] = (*union, (k, 4), None)
+        out[f"{name}_ft"] = (real_img, real_lab, None, RECIPE)
+    return out
 
 
 def pairs_grid(folder: Path, rows: list[dict], path: Path, k: int = 6) -> None:
@@ -287,16 +343,29 @@ def aggregate(results: dict[str, dict[int, dict]]) -> dict[str, dict]:
                     "seeds": {str(s): r["miou"] for s, r in seeds.items()}}
         if "s_score" in runs[0]:
             agg[row]["s_score"] = {k: statistics.fmean(r["s_score"][k] for r in runs) for k in runs[0]["s_score"]}
+        if "ignored" in runs[0]:
+            agg[row]["ignored"] = [r["ignored"] for r in runs]
     return agg
 
 
 ABOUT = {
     "oracle": "real photos, true labels",
     "no_translation": "label maps in palette colours",
-    "usis_all": "USIS images, all pairs",
-    "usis_kept": "USIS images, kept by S score",
-    "few_real": "few real pairs alone",
-    "few_real+usis": "few real pairs + all USIS pairs",
+    "usis_all": "USIS images, all pairs, one seed for every map",
+    "usis_kept": "USIS images, kept by S score, one seed",
+    "usis_seeds": "USIS images, a seed per map",
+    "usis_filtered": "per-map seeds, pixel filter 1.25",
+    "usis_resampled": f"per-map seeds, hard maps re-sampled (1-{RESAMPLE_N})",
+    "usis_filtered_resampled": "per-map seeds, filtered and re-sampled",
+    "few10": "10 real pairs alone",
+    "few10+usis": "10 real + filtered/re-sampled USIS, uniform union",
+    "few10+usis_half": "10 real + filtered/re-sampled USIS, half of each batch real",
+    "few10_ft": "filtered/re-sampled USIS, then fine-tuned on 10 real",
+    "few_real": "50 real pairs alone",
+    "few_real+usis": "50 real + one-style USIS, uniform union (as before)",
+    "few50+usis": "50 real + filtered/re-sampled USIS, uniform union",
+    "few50+usis_half": "50 real + filtered/re-sampled USIS, half of each batch real",
+    "few50_ft": "filtered/re-sampled USIS, then fine-tuned on 50 real",
 }
 
 
@@ -308,7 +377,8 @@ def markdown(agg: dict, proto: dict, checkpoints: list[str], name: str) -> str:
     classes = [CLASS_NAMES[c] for c in REAL_CLASSES]
     lines = [f"# Downstream test of `usis synthesize` (`{name}`)", "",
              f"Command: `python benchmarks/downstream.py --checkpoints {' '.join(checkpoints)} --maps {proto['maps']} "
-             f"--per-map {proto['per_map']} --keep {proto['keep']} --few {proto['few']} --test {proto['test']} "
+             f"--per-map {proto['per_map']} --keep {proto['keep']} --few {proto['few']} "
+             f"--few-small {proto['few_small']} --test {proto['test']} "
              f"--steps {proto['steps']}`. One EvalNet per row and seed, {proto['steps']} steps of 8, evaluated on "
              f"{proto['test']} held-out real photos ({proto['size'][0]}x{proto['size'][1]}); mean +- std over "
              f"{len(checkpoints)} seeds (generator checkpoint i with segmenter seed i).", "",
@@ -330,6 +400,18 @@ def markdown(agg: dict, proto: dict, checkpoints: list[str], name: str) -> str:
     if "few_real" in agg and "few_real+usis" in agg:
         d = agg["few_real+usis"]["miou"][0] - agg["few_real"]["miou"][0]
         lines += ["", f"few real + USIS minus few real alone: {d:+.2f} mIoU points."]
+    for k, alone in (("10", "few10"), ("50", "few_real")):
+        if alone not in agg:
+            continue
+        diffs = [f"{row} {agg[row]['miou'][0] - agg[alone]['miou'][0]:+.2f}"
+                 for row in (f"few{k}+usis", f"few{k}+usis_half", f"few{k}_ft") if row in agg]
+        if diffs:
+            lines += ["", f"Against {k} real pairs alone (mIoU points): " + ", ".join(diffs) + "."]
+    ign = {row: statistics.fmean(v for v in agg[row]["ignored"] if not math.isnan(v))
+           for row in agg if "ignored" in agg[row]}
+    if ign:
+        lines += ["", "Pixels written as the ignore id by the pixel filter: " + ", ".join(
+            f"{row} {100 * v:.1f} %" for row, v in ign.items()) + "."]
     lines += ["", f"Plot: `{name}.png`; best and worst pairs by S score (first generator): `{name}_pairs.png`."]
     return "\n".join(lines) + "\n"
 
@@ -393,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maps", type=int, default=TRAIN_IMAGES, help="label maps in the pool (default %(default)s)")
     ap.add_argument("--per-map", type=int, default=1, help="USIS images per label map (default 1)")
     ap.add_argument("--keep", type=float, default=0.7, help="usis_kept: the fraction kept (default 0.7)")
-    ap.add_argument("--few", type=int, default=50, help="real pairs of the few-real rows (default 50)")
+    ap.add_argument("--few", type=int, default=50, help="real pairs of the few_real / few50 rows (default 50)")
+    ap.add_argument("--few-small", type=int, default=10, help="real pairs of the few10 rows (default 10)")
     ap.add_argument("--test", type=int, default=200, help="held-out real test photos (default 200)")
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps per row (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=16, help="synthesis batch (default 16)")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ def tree(tmp_path_factory):
 
 
 STEMS = ["a", "city/b", "city/d", "city/deep/c"]
+DATASET_ARGS = ["--n", "2", "--seed", "5", "--batch-size", "3", "--one-style"]
 
 
 def _cmd(ckpt, labels, out, *extra):
@@ -66,9 +68,10 @@ def _ids(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dataset(ckpt, tree, tmp_path_factory):
-    """`usis synthesize --n 2 --seed 5 --batch-size 3` of the tree (no filter)."""
+    """`usis synthesize --n 2 --seed 5 --batch-size 3 --one-style` of the tree (no filter): pair k of every map
+    has seed 5 + k."""
     out = tmp_path_factory.mktemp("ds") / "out"
-    assert main(_cmd(ckpt, tree, out, "--n", "2", "--seed", "5", "--batch-size", "3")) == 0
+    assert main(_cmd(ckpt, tree, out, *DATASET_ARGS)) == 0
     return out
 
 
@@ -118,7 +121,7 @@ def test_the_manifest_lists_every_pair_with_its_seed_and_score(dataset):
 
 def test_a_rerun_writes_nothing(dataset, ckpt, tree, capsys):
     before = _snapshot(dataset)
-    assert main(_cmd(ckpt, tree, dataset, "--n", "2", "--seed", "5", "--batch-size", "3")) == 0
+    assert main(_cmd(ckpt, tree, dataset, *DATASET_ARGS)) == 0
     assert "nothing generated" in capsys.readouterr().err
     assert _snapshot(dataset) == before  # same files, same bytes, not even rewritten
 
@@ -135,15 +138,13 @@ def test_data_check_folder_preset_accepts_the_output(dataset, capsys):
 # ------------------------------------------------------------------------------------------- resuming
 
 
-def test_kill_9_then_rerun_gives_the_files_of_an_uninterrupted_run(ckpt, tree, tmp_path):
-    args = ["--n", "2", "--seed", "0", "--batch-size", "2"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main(_cmd(ckpt, tree, whole, *args)) == 0
-
-    env = dict(os.environ, **{PAUSE_ENV: "2"})  # two seconds after each batch of two pairs
-    proc = subprocess.Popen([sys.executable, "-m", "usis.cli", *_cmd(ckpt, tree, killed, *args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    records = killed / STAGING / "records.jsonl"
+def kill_after_the_first_batch(cmd: list[str], out: Path) -> Path:
+    """Run `usis` with ``cmd`` in a subprocess (two seconds' pause after each batch), ``kill -9`` it once its
+    first batch is recorded; returns the staging records file."""
+    env = dict(os.environ, **{PAUSE_ENV: "2"})
+    proc = subprocess.Popen([sys.executable, "-m", "usis.cli", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    records = out / STAGING / "records.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (records.is_file() and records.read_text().count("\n") >= 1):
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -151,6 +152,15 @@ def test_kill_9_then_rerun_gives_the_files_of_an_uninterrupted_run(ckpt, tree, t
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
+    return records
+
+
+def test_kill_9_then_rerun_gives_the_files_of_an_uninterrupted_run(ckpt, tree, tmp_path):
+    args = ["--n", "2", "--seed", "0", "--batch-size", "2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(_cmd(ckpt, tree, whole, *args)) == 0
+
+    records = kill_after_the_first_batch(_cmd(ckpt, tree, killed, *args), killed)
     staged = list((killed / STAGING).rglob("*.png"))
     assert 1 <= len(staged) < 8 and not (killed / "manifest.jsonl").exists()  # killed part-way
     # what a kill in the middle of a write leaves: a torn record, an atomic write's temporary file
@@ -200,9 +210,11 @@ def test_a_bad_map_anywhere_is_exit_2_naming_it_and_nothing_is_written(ckpt, tre
 
 def test_an_out_folder_of_other_settings_is_refused(dataset, ckpt, tree, tmp_path, capsys):
     before = _snapshot(dataset)
-    assert main(_cmd(ckpt, tree, dataset, "--n", "2", "--seed", "5", "--local-style")) == 2
+    assert main(_cmd(ckpt, tree, dataset, *DATASET_ARGS, "--local-style")) == 2
     assert "other settings" in capsys.readouterr().err
-    assert main(_cmd(ckpt, tree, dataset, "--n", "1", "--seed", "5")) == 2  # fewer pairs than it holds
+    assert main(_cmd(ckpt, tree, dataset, "--n", "2", "--seed", "5")) == 2  # per-map seeds: not how it was made
+    assert "seeds: 'one-style' there, 'per-map' now" in capsys.readouterr().err
+    assert main(_cmd(ckpt, tree, dataset, "--n", "1", "--seed", "5", "--one-style")) == 2  # fewer pairs than it holds
     assert "do not make" in capsys.readouterr().err
     assert _snapshot(dataset) == before
     other = tmp_path / "other"
@@ -217,7 +229,7 @@ def test_an_out_folder_of_other_settings_is_refused(dataset, ckpt, tree, tmp_pat
 
 def test_keep_keeps_the_best_scores_and_reselects_on_rerun(dataset, ckpt, tree, tmp_path, capsys):
     out = tmp_path / "kept"
-    args = ["--n", "2", "--seed", "5", "--batch-size", "3"]
+    args = DATASET_ARGS
     assert main(_cmd(ckpt, tree, out, *args, "--keep", "0.6")) == 0  # round(0.6 * 8) = 5
     rows = _manifest(out)
     assert len(rows) == 8 and sum(r["kept"] for r in rows) == 5
@@ -248,7 +260,7 @@ def test_keep_keeps_the_best_scores_and_reselects_on_rerun(dataset, ckpt, tree, 
 
 def test_pipeline_synthesize_shares_the_cli_code(ckpt, tree, tmp_path, capsys):
     out = tmp_path / "one"
-    assert main(_cmd(ckpt, tree / "a.png", out, "--n", "2", "--seed", "3", "--batch-size", "2")) == 0
+    assert main(_cmd(ckpt, tree / "a.png", out, "--n", "2", "--seed", "3", "--batch-size", "2", "--one-style")) == 0
     rows = _manifest(out)
     pipe = USISPipeline.from_pretrained(ckpt, device="cpu")
     pairs = pipe.synthesize(Image.open(tree / "a.png"), seeds=[3, 4], batch_size=2)
@@ -289,10 +301,190 @@ def test_downstream_benchmark_runs_end_to_end_at_a_tiny_size(ckpt, tmp_path):
     assert mod.main(argv) == 0
     data = json.loads((tmp_path / "report" / "downstream.json").read_text())
     assert list(data["rows"]) == mod.ROWS and all(r["n"] == 2 for r in data["rows"].values())
-    assert data["rows"]["usis_kept"]["train_pairs"] == 4 and data["rows"]["few_real+usis"]["train_pairs"] == 8
+    rows = data["rows"]
+    assert rows["usis_kept"]["train_pairs"] == 4 and rows["few_real+usis"]["train_pairs"] == 8
+    assert rows["usis_seeds"]["train_pairs"] == rows["usis_filtered"]["train_pairs"] == 6
+    recipe = rows["usis_filtered_resampled"]["train_pairs"]
+    assert rows["usis_resampled"]["train_pairs"] == recipe and 6 < recipe < 6 * mod.RESAMPLE_N  # 1 to 4 per map
+    assert rows["few10"]["train_pairs"] == 6 and rows["few10+usis_half"]["train_pairs"] == 6 + recipe  # 6 maps only
+    assert rows["few50_ft"]["train_pairs"] == 2 and len(rows["usis_filtered"]["ignored"]) == 2
     assert "| oracle |" in (tmp_path / "report" / "downstream.md").read_text()
     assert (tmp_path / "report" / "downstream_pairs.png").is_file()
     results = sorted((tmp_path / "work" / "results").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in results]
     assert mod.main(argv) == 0  # a rerun reuses every result
     assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+# ------------------------------------------------------------------------- seeds, pixel filter, resampling
+
+
+def test_two_maps_get_noise_of_their_own_by_default_and_one_style_on_request(ckpt, tree, tmp_path):
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    for name in ("one.png", "two.png"):  # the same layout twice
+        (twins / name).write_bytes((tree / "a.png").read_bytes())
+    for extra, same in (([], False), (["--one-style"], True)):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(_cmd(ckpt, twins, out, "--n", "1", "--seed", "3", *extra)) == 0
+        rows = _manifest(out)
+        images = [_ids(out / r["image"]) for r in rows]
+        assert (rows[0]["seed"] == rows[1]["seed"]) == same
+        assert np.array_equal(images[0], images[1]) == same
+    from usis.synthesis import pair_seed
+
+    assert [r["seed"] for r in _manifest(tmp_path / "out0")] == [pair_seed(3, "one.png", 0), pair_seed(3, "two.png", 0)]
+    assert [r["seed"] for r in _manifest(tmp_path / "out1")] == [3, 3]
+
+
+def test_the_pixel_filter_ignores_exactly_the_pixels_over_the_margin():
+    import torch
+
+    from usis.synthesis import PixelFilter, PixelLosses, class_mean_losses
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (2, 6, 5))
+    known = torch.rand(2, 6, 5) * 3  # the segmenter's loss at every pixel
+    known[labels == 0] = float("nan")  # class 0 is the don't-care id: not scored
+    losses = PixelLosses("known", "known", lambda images, lab: known.clone())
+    means = class_mean_losses(losses, [(None, labels)], 4)
+    assert means[0] is None
+    for c in (1, 2, 3):
+        assert means[c] == pytest.approx(float(known[labels == c].double().mean()))
+    means[3] = None  # a class never seen on real photos is never filtered
+    filt = PixelFilter(losses, means, margin=1.25, ignore_id=0)
+    filtered, fractions = filt(torch.zeros(2, 3, 6, 5), labels)
+    limit = torch.tensor([float("inf"), 1.25 * means[1], 1.25 * means[2], float("inf")])
+    over = known > limit[labels]
+    assert torch.equal(filtered, torch.where(over, 0, labels))
+    assert 0 < int(over.sum()) < int((labels > 0).sum())
+    for i in range(2):
+        for c in range(4):
+            n = int((labels[i] == c).sum())
+            if n:
+                assert fractions[i][str(c)] == pytest.approx(float((over[i] & (labels[i] == c)).sum()) / n, abs=1e-4)
+
+
+def _filter_segmenter(folder: Path) -> list[str]:
+    """A TorchScript segmenter of the 10 synthetic classes (a random 3x3 convolution: each class has its own
+    losses), 4 real labelled photos, and the arguments that make `usis synthesize` filter with them."""
+    import torch
+
+    from usis.data.synthetic import CLASS_NAMES, SyntheticPaired
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(5)
+    net = torch.nn.Conv2d(3, 10, 3, padding=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.10 marks TorchScript deprecated
+        torch.jit.script(net).save(str(folder / "seg.pt"))
+    (folder / "seg.json").write_text(json.dumps({"num_classes": 10, "map": {str(i): i for i in range(10)},
+                                                 "names": list(CLASS_NAMES), "input": "minus1_1"}))
+    real = SyntheticPaired(4, 64, 64, split="val")
+    for i in range(4):
+        item = real[i]
+        rgb = ((item["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        (folder / "photos").mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(folder / "photos" / f"r{i}.jpg")
+        _save(item["label"].numpy(), folder / "labels" / f"r{i}.png")
+    return ["--filter-segmenter", "torchscript", "--filter-segmenter-path", str(folder / "seg.pt"),
+            "--real-photos", str(folder / "photos"), "--real-labels", str(folder / "labels")]
+
+
+FILTER_ARGS = ["--n", "3", "--seed", "1", "--batch-size", "2", "--pixel-filter", "1.1", "--resample", "hard"]
+
+
+@pytest.fixture(scope="module")
+def filtered(ckpt, tree, tmp_path_factory):
+    """`usis synthesize --pixel-filter 1.1 --resample hard --n 3` of the tree, with a TorchScript filter."""
+    root = tmp_path_factory.mktemp("filtered")
+    args = [*FILTER_ARGS, *_filter_segmenter(root / "filter")]
+    out = root / "out"
+    assert main(_cmd(ckpt, tree, out, *args)) == 0
+    return out, args
+
+
+def test_the_filtered_and_resampled_dataset_says_what_it_did(filtered, tree):
+    out, _ = filtered
+    rows = _manifest(out)
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes["ignore_id"] == classes["dontcare"] == 0
+    means = json.loads((out / "class_losses.json").read_text())["class_means"]
+    assert means[0] is None and all(m > 0 for m in means[1:] if m is not None)
+    per_map: dict[str, list[dict]] = {}
+    for r in rows:
+        per_map.setdefault(r["source"], []).append(r)
+        assert {"ignored", "hardness", "samples", "pixels", "score", "seed"} <= r.keys()
+    counts = {s: len(v) for s, v in per_map.items()}
+    assert set(counts) == {f"{s}.png" for s in STEMS} and all(1 <= c <= 3 for c in counts.values())
+    assert all(r["samples"] == counts[r["source"]] for r in rows)
+    by_hardness = sorted(per_map, key=lambda s: per_map[s][0]["hardness"])
+    assert counts[by_hardness[0]] == 1 and counts[by_hardness[-1]] == 3  # the easiest one, the hardest n
+    dropped = 0
+    for r in rows:  # the label files hold the source map with exactly the recorded fractions ignored
+        source = resize_nearest(_ids(tree / r["source"]), 64, 64)
+        written = _ids(out / r["label"])
+        changed = written != source
+        assert (written[changed] == 0).all()
+        for c, frac in r["ignored"].items():
+            on = source == int(c)
+            assert frac == pytest.approx(float(changed[on].sum()) / on.sum(), abs=1e-4)
+        dropped += int(changed.sum())
+    assert dropped > 0  # the margin filters something
+
+
+def test_a_filtered_rerun_writes_nothing_and_reuses_the_class_means(filtered, ckpt, tree, monkeypatch, capsys):
+    out, args = filtered
+    before = _snapshot(out)
+
+    def no_recount(*a, **k):
+        raise AssertionError("the class means were computed again")
+
+    monkeypatch.setattr("usis.synthesize.class_mean_losses", no_recount)
+    assert main(_cmd(ckpt, tree, out, *args)) == 0
+    assert "nothing generated" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_the_ignore_id_round_trips_through_data_check(filtered, capsys):
+    out, _ = filtered
+    assert main(["data", "check", "--preset", "folder", *set_args([
+        f"data.labels={out / 'labels'}", f"data.photos={out / 'images'}", "data.num_classes=10",
+        f"data.class_file={out / 'classes.json'}", "data.dontcare=0", "data.height=64", "data.width=64",
+        "data.load_size=0"])]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_kill_9_then_rerun_with_the_filter_and_resampling(filtered, ckpt, tree, tmp_path):
+    whole, args = filtered
+    killed = tmp_path / "killed"
+    kill_after_the_first_batch(_cmd(ckpt, tree, killed, *args), killed)
+    assert list((killed / STAGING / "labels").glob("*.png")) and not (killed / "manifest.jsonl").exists()
+    assert main(_cmd(ckpt, tree, killed, *args)) == 0
+    a, b = _snapshot(whole), _snapshot(killed)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if a[k][0] != b[k][0] and k != "synthesize.json"]
+    assert not differ, differ
+
+
+def test_pipeline_synthesize_has_the_same_options(filtered, ckpt, tree):
+    out, args = filtered
+    folder = Path(args[args.index("--filter-segmenter-path") + 1]).parent
+    pipe = USISPipeline.from_pretrained(ckpt, device="cpu")
+    maps = [_ids(tree / "a.png"), _ids(tree / "city/b.png"), _ids(tree / "city/deep/c.png")]
+    plain = pipe.synthesize(maps, score=False)  # one pair per map, each map with noise of its own
+    assert len({p.seed for p in plain}) == 3
+    assert len({p.seed for p in pipe.synthesize(maps, score=False, one_style=True, seed=4)}) == 1
+    filt = pipe.pixel_filter(1.1, segmenter="torchscript", segmenter_path=str(folder / "seg.pt"),
+                             real_photos=str(folder / "photos"), real_labels=str(folder / "labels"))
+    assert filt.class_means == json.loads((out / "class_losses.json").read_text())["class_means"]
+    pairs = pipe.synthesize(maps, score=False, n=3, pixel_filter=filt, resample="hard")
+    per_map = [sum(p.index == i for p in pairs) for i in range(3)]
+    assert sorted(per_map) == [1, 2, 3] and all(p.samples == per_map[p.index] for p in pairs)
+    for p in pairs:
+        source = maps[p.index]
+        assert np.array_equal(p.label[p.label != source], np.zeros(int((p.label != source).sum()), np.int64))
+        assert p.pixels == {str(i): int(c) for i, c in enumerate(np.bincount(source.ravel())) if c}
+        assert set(p.ignored) == set(p.pixels) and p.hardness is not None
+    with pytest.raises(GenerateError, match="pixel_filter"):
+        pipe.synthesize(maps, score=False, resample="hard")

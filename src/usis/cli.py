@@ -165,6 +165,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_synthesize(args) -> int:
     from usis.generate import load_generator
+    from usis.synthesis import real_statistics
     from usis.synthesize import check_filter, make_scorer, synthesize_folder
     from usis.utils.device import resolve_device
 
@@ -172,9 +173,14 @@ def cmd_synthesize(args) -> int:
     gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"))
     scorer, note = make_scorer(gen, args.segmenter, args.segmenter_path, args.segmenter_mapping,
                                required=args.keep is not None or args.min_score is not None)
+    measure = None
+    if args.pixel_filter is not None or args.resample is not None:
+        measure = real_statistics(gen.cfg, gen.device, args.filter_segmenter, args.filter_segmenter_path,
+                                  args.filter_segmenter_mapping, args.real_photos, args.real_labels)
     s = synthesize_folder(gen, args.labels, args.out, n=args.n, seed=args.seed, local_style=args.local_style,
                           keep=args.keep, min_score=args.min_score, scorer=scorer, note=note,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress, one_style=args.one_style,
+                          pixel_filter=args.pixel_filter, resample=args.resample, measure=measure)
     made = f"generated {s.generated}" if s.generated else "nothing generated: every pair was already made"
     print(f"{s.kept} of {s.pairs} pairs in {s.out}/images and {s.out}/labels ({made}; "
           f"{s.pairs - s.kept} rejected, listed in manifest.jsonl only)" if s.kept != s.pairs else
@@ -279,8 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--labels", required=True, help="a folder of label PNGs (class ids; sub-folders are kept) or one")
     ps.add_argument("--out", required=True, help="dataset folder: images/, labels/, classes.json, manifest.jsonl; "
                                                  "rerun the same command to resume")
-    ps.add_argument("--n", type=int, default=1, help="pairs per label map (seeds S..S+n-1; default 1)")
-    ps.add_argument("--seed", type=int, default=0, help="first noise seed; pair k of a map uses seed + k")
+    ps.add_argument("--n", type=int, default=1, help="pairs per label map (default 1; with --resample hard: at most)")
+    ps.add_argument("--seed", type=int, default=0,
+                    help="noise seeds: pair k of a map has a seed of its own, derived from this seed, the map's path "
+                         "and k (a dataset of many styles); with --one-style seed + k for every map")
+    ps.add_argument("--one-style", action="store_true",
+                    help="pair k of every map gets seed + k: the whole dataset in one style per k (as usis generate)")
     ps.add_argument("--local-style", action="store_true", help="a different noise vector per class region")
     filt = ps.add_mutually_exclusive_group()
     filt.add_argument("--keep", type=float, default=None, metavar="FRACTION",
@@ -292,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "(synthetic: the synthetic preset's evaluator), or none")
     ps.add_argument("--segmenter-path", default=None, help="its weights file, model folder / hub name, or .pt")
     ps.add_argument("--segmenter-mapping", default=None, help="torchscript: JSON class-mapping file")
+    ps.add_argument("--pixel-filter", type=float, nargs="?", const=1.25, default=None, metavar="MARGIN",
+                    help="FreeMask's pixel filter: a pixel whose loss under a segmenter trained on real photos exceeds "
+                         "MARGIN (default 1.25) x its class's mean on real photos is written as the ignore id")
+    ps.add_argument("--resample", choices=["hard"], default=None,
+                    help="hard: 1 to --n pairs per map by the rank of its hardness (its classes' mean losses)")
+    ps.add_argument("--filter-segmenter", default=None, choices=["synthetic", "drn", "segformer", "torchscript"],
+                    help="the segmenter trained on real photos that --pixel-filter / --resample measure with "
+                         "(default on the synthetic preset: synthetic, its evaluator)")
+    ps.add_argument("--filter-segmenter-path", default=None, help="its weights file, model folder / hub name, or .pt")
+    ps.add_argument("--filter-segmenter-mapping", default=None, help="torchscript: JSON class-mapping file")
+    ps.add_argument("--real-photos", default=None,
+                    help="real photos with label maps in --real-labels (same relative paths): the class means of "
+                         "--pixel-filter / --resample (default on the synthetic preset: its held-out renderings)")
+    ps.add_argument("--real-labels", default=None, help="the label maps of --real-photos")
     ps.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ps.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (a resumed run keeps its "
                                                               "batches: use the same value for identical bytes)")

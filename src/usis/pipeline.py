@@ -36,12 +36,22 @@ from usis.errors import GenerateError
 from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
 from usis.nn.generator import BaseGenerator
 from usis.synthesis import (
+    FILTER_MARGIN,
     Pair,
+    PixelFilter,
     Scorer,
     check_filter,
+    class_mean_losses,
+    class_pixels,
+    filter_batch,
+    hardness,
+    ignore_id,
     load_own_segmenter,
     no_segmenter_message,
     own_segmenter_scorer,
+    pair_seed,
+    real_statistics,
+    resample_counts,
     select,
     synthesize_batch,
 )
@@ -177,11 +187,18 @@ class USISPipeline:
         return out[0] if single else out
 
     @torch.no_grad()
-    def synthesize(self, label_maps: LabelMap | Sequence[LabelMap], seeds: int | Sequence[int] = (0,),
+    def synthesize(self, label_maps: LabelMap | Sequence[LabelMap], seeds: int | Sequence[int] | None = None,
                    score: bool = True, segmenter: Scorer | None = None, keep: float | None = None,
-                   min_score: float | None = None, local_style: bool = False, batch_size: int = 8) -> list[Pair]:
-        """Labelled pairs, as ``usis synthesize`` makes them: for each label map (one, or a list) one
-        :class:`~usis.synthesis.Pair` per seed, map after map.
+                   min_score: float | None = None, local_style: bool = False, batch_size: int = 8, *,
+                   n: int = 1, seed: int = 0, one_style: bool = False, pixel_filter: PixelFilter | None = None,
+                   resample: str | None = None) -> list[Pair]:
+        """Labelled pairs, as ``usis synthesize`` makes them: for each label map (one, or a list) ``n`` pairs,
+        map after map.
+
+        Seeds: pair k of map i has the seed :func:`usis.synthesis.pair_seed` derives from ``seed``, the map's
+        name (``label_map[i]``, or ``label_map`` for one map) and k, so every map has a style of its own;
+        ``one_style``: ``seed + k`` for every map; ``seeds``: these seeds for every map (``n`` is then their
+        number).
 
         A pair holds ``image`` (uint8 ``H x W x 3``; ``pair.image_pil()``), ``label`` (int64 ids at the
         image's size; ``pair.label_pil(pipe.num_classes)`` is the PNG ``usis synthesize`` writes), ``seed``,
@@ -191,30 +208,80 @@ class USISPipeline:
         or else the checkpoint's own S (a training checkpoint holds it; an export folder does not: pass a
         segmenter or ``score=False``). ``keep`` (the best fraction by mIoU) or ``min_score`` (mIoU >= it)
         set ``kept``; every pair is returned.
+
+        ``pixel_filter`` (:meth:`pixel_filter`, FreeMask's): pixels of a class that a segmenter trained on real
+        photos finds harder than the filter's margin times the class's mean on real photos get the ignore id
+        in ``label`` (``pair.ignored``: the fraction per class). ``resample="hard"``: 1 to ``n`` pairs per map by
+        the rank of its hardness (needs ``pixel_filter``, whose class means it uses; a margin of None filters
+        nothing).
         """
         check_filter(keep, min_score)
-        seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
-        if not seeds:
-            raise GenerateError("seeds: give at least one seed")
         if not score and (keep is not None or min_score is not None):
             raise GenerateError("keep / min_score filter by the score: pass score=True")
+        if resample not in (None, "hard"):
+            raise GenerateError(f"resample={resample!r}: the one mode is 'hard'")
+        if resample is not None and (pixel_filter is None or seeds is not None):
+            raise GenerateError("resample='hard' ranks maps by their classes' mean losses: pass pixel_filter=pipe."
+                                "pixel_filter(...) (margin=None to filter nothing), and n instead of seeds")
         scorer = self._scorer(segmenter) if score else None
         single = isinstance(label_maps, (Image.Image, np.ndarray, torch.Tensor)) and not (
             isinstance(label_maps, (np.ndarray, torch.Tensor)) and label_maps.ndim == 3 and label_maps.shape[0] > 1)
         maps = [label_maps] if single else list(label_maps)
-        ids = [self.label_ids(m, name="label_map" if single else f"label_map[{i}]") for i, m in enumerate(maps)]
-        jobs = [(i, s) for i in range(len(ids)) for s in seeds]
+        names = ["label_map"] if single else [f"label_map[{i}]" for i in range(len(maps))]
+        ids = [self.label_ids(m, name=name) for m, name in zip(maps, names, strict=True)]
+        per_map = self._seeds(names, ids, seeds, n, seed, one_style, pixel_filter if resample else None)
+        jobs = [(i, s) for i in range(len(ids)) for s in per_map[i]]
         pairs: list[Pair] = []
+        filt = pixel_filter if pixel_filter is not None and pixel_filter.margin is not None else None
         for start in range(0, len(jobs), max(1, batch_size)):
             chunk = jobs[start:start + max(1, batch_size)]
             labels = torch.stack([ids[i] for i, _ in chunk])
             images, scores = synthesize_batch(self.generator, labels, [s for _, s in chunk], scorer, local_style)
-            for (i, s), image, lab, sc in zip(chunk, images, labels.numpy(), scores, strict=True):
-                pairs.append(Pair(image=image, label=lab, seed=s, score=sc, index=i,
-                                  source="label_map" if single else f"label_map[{i}]"))
+            written, ignored = labels.numpy(), [None] * len(chunk)
+            if filt is not None:
+                written, ignored = filter_batch(filt, images, labels, self.device)
+            for (i, s), image, lab, src, sc, ig in zip(chunk, images, written, labels.numpy(), scores, ignored,
+                                                      strict=True):
+                pairs.append(Pair(image=image, label=lab, seed=s, score=sc, index=i, source=names[i],
+                                  pixels=class_pixels(src), ignored=ig))
+        if resample is not None:
+            for p in pairs:
+                p.hardness = hardness(p.pixels, pixel_filter.class_means)
+                p.samples = len(per_map[p.index])
         for pair, kept in zip(pairs, select([p.score for p in pairs], keep, min_score), strict=True):
             pair.kept = kept
         return pairs
+
+    @staticmethod
+    def _seeds(names: list[str], ids: list[torch.Tensor], seeds, n: int, seed: int, one_style: bool,
+               measure: PixelFilter | None) -> list[list[int]]:
+        """Each map's seeds: given, or ``n`` (re-sampling: 1 to ``n`` by hardness) from :func:`pair_seed`."""
+        if seeds is not None:
+            given = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+            if not given:
+                raise GenerateError("seeds: give at least one seed")
+            return [given] * len(names)
+        if n < 1:
+            raise GenerateError(f"n={n}: make at least one pair per label map")
+        counts = [n] * len(names)
+        if measure is not None:
+            counts = resample_counts([hardness(class_pixels(i.numpy()), measure.class_means) for i in ids], n)
+        return [[pair_seed(seed, name, k, one_style) for k in range(c)] for name, c in zip(names, counts, strict=True)]
+
+    def pixel_filter(self, margin: float | None = FILTER_MARGIN, segmenter: str | None = None,
+                     segmenter_path: str | None = None, segmenter_mapping: str | None = None,
+                     real_photos: str | None = None, real_labels: str | None = None) -> PixelFilter:
+        """FreeMask's pixel filter for :meth:`synthesize`: a segmenter trained on real photos (``segmenter``:
+        ``synthetic`` by default on the synthetic preset; ``drn`` / ``segformer`` / ``torchscript`` with its
+        path) and each class's mean loss over real labelled photos (``real_photos`` + ``real_labels`` folders;
+        the synthetic preset's held-out renderings by default), computed now. ``margin=None``: the class means
+        only (for ``resample="hard"``)."""
+        if margin is not None and not margin > 0:
+            raise GenerateError(f"margin={margin}: give the margin over the class's mean loss, > 0 (FreeMask: 1.25)")
+        losses, real = real_statistics(self.config, self.device, segmenter, segmenter_path, segmenter_mapping,
+                                       real_photos, real_labels)
+        means = class_mean_losses(losses, real.batches(), self.num_classes)
+        return PixelFilter(losses, means, margin, ignore_id(self.config))
 
     def _scorer(self, segmenter: Scorer | None) -> Scorer:
         if segmenter is not None:

@@ -5,13 +5,26 @@ A folder of label maps (read as ``usis generate`` reads them) becomes::
     OUT/images/<relative stem>_s<seed>.png   the generated photo (RGB, the model's size)
     OUT/labels/<relative stem>_s<seed>.png   its class ids at the image's size (nearest neighbour; 8-bit
                                              grayscale, 16-bit for label sets of more than 256 ids)
-    OUT/classes.json                         ids, names, colours (a ``data.class_file`` for the folder preset)
+    OUT/classes.json                         ids, names, colours, the ignore id (a ``data.class_file`` for
+                                             the folder preset)
     OUT/manifest.jsonl                       one line per pair, kept or rejected: files, source map, seed,
-                                             class pixel counts, score
+                                             class pixel counts, score (and with the options below: the
+                                             ignored fraction per class, the map's hardness and pair count)
     OUT/synthesize.json                      what made it (generator, scorer, arguments) and the counts
+    OUT/class_losses.json                    with --pixel-filter / --resample: the class means (cached)
 
-Image ``k`` of a map has seed ``seed + k`` and is the image ``usis generate --seed`` writes for it (same
-noise, :mod:`usis.nn.noise`; same batches for the same ``--batch-size``).
+Seeds. Pair ``k`` of a map has the seed :func:`usis.synthesis.pair_seed` derives from ``--seed``, the map's path
+relative to ``--labels`` and ``k``: every map gets noise of its own, so the dataset has the generator's
+many styles. ``one_style`` (``--one-style``): seed ``seed + k`` for every map, the image ``usis generate --seed``
+writes for it (same noise, :mod:`usis.nn.noise`; same batches for the same ``--batch-size``), one style per k.
+
+Pixel filter and re-sampling (FreeMask; :mod:`usis.synthesis` says how). A segmenter trained on real photos
+(``--filter-segmenter``: the synthetic preset's evaluator by default there, else DRN / SegFormer / TorchScript)
+gives each class its mean cross entropy over real labelled photos (``--real-photos`` / ``--real-labels``; the
+synthetic preset's held-out renderings by default), cached in ``class_losses.json``. ``--pixel-filter MARGIN``
+writes a pixel whose loss exceeds MARGIN x its class's mean as the ignore id (``classes.json``'s
+``ignore_id``: the don't-care id, else 255). ``--resample hard`` gives each map 1 to ``n`` pairs by the rank of
+its hardness (the pixel-weighted mean of its classes' mean losses).
 
 Score. A segmenter reads each image and its reading is compared with the input map (mIoU and pixel
 accuracy in percent; :mod:`usis.synthesis`, the library core this command shares with
@@ -61,13 +74,23 @@ from usis.generate import (
     resize_note,
 )
 from usis.synthesis import (
+    FILTER_MARGIN,
+    PixelFilter,
+    PixelLosses,
+    RealPairs,
     Scorer,
     check_filter,
+    class_mean_losses,
     class_pixels,
+    filter_batch,
+    hardness,
+    ignore_id,
     load_own_segmenter,
     no_segmenter_message,
     own_segmenter_scorer,
+    pair_seed,
     pretrained_scorer,
+    resample_counts,
     select,
     synthesize_batch,
 )
@@ -75,7 +98,10 @@ from usis.utils.io import atomic_write
 
 FORMAT = "usis-synthesized"
 VERSION = 1
-MANIFEST, CLASSES, SETTINGS = "manifest.jsonl", "classes.json", "synthesize.json"
+MANIFEST, CLASSES, SETTINGS, CLASS_LOSSES = "manifest.jsonl", "classes.json", "synthesize.json", "class_losses.json"
+RECORD_KEYS = ("source", "seed", "pixels", "score", "ignored")
+# settings a folder made before they existed was made with (it resumes as it was made)
+LEGACY_SETTINGS = {"seeds": "one-style", "pixel_filter": None, "resample": None}
 STAGING = ".synthesize"  # inside OUT: images generated and scored but not yet selected, and their records
 RECORDS = "records.jsonl"
 PAUSE_ENV = "USIS_SYNTHESIZE_PAUSE"  # seconds to wait after each batch (tests interrupt a run with it)
@@ -127,15 +153,39 @@ class Job:
         return f"{self.rel}#{self.seed}"
 
 
-def plan_jobs(labels: str | os.PathLike, n: int, seed: int) -> list[Job]:
-    """Every label file under ``labels`` (or the one file) times ``n`` seeds, in order (maps sorted)."""
+def plan_jobs(labels: str | os.PathLike, n: int, seed: int, one_style: bool = False,
+              counts: dict[str, int] | None = None) -> list[Job]:
+    """Every label file under ``labels`` (or the one file) times ``n`` seeds (or ``counts[rel]`` for the map at
+    relative path ``rel``), in order (maps sorted, then k); seeds by :func:`usis.synthesis.pair_seed`."""
     if n < 1:
         raise GenerateError(f"--n {n}: make at least one image per label map")
     src = Path(labels).expanduser()
     files = list_label_files(src)
     stems = output_stems(src, files)
     rels = [f.relative_to(src).as_posix() if src.is_dir() else f.name for f in files]
-    return [Job(f, rel, stem, seed + k) for f, rel, stem in zip(files, rels, stems, strict=True) for k in range(n)]
+    return [Job(f, rel, stem, pair_seed(seed, rel, k, one_style)) for f, rel, stem in zip(files, rels, stems, strict=True)
+            for k in range(n if counts is None else counts[rel])]
+
+
+# ----------------------------------------------------------------------------- class means (FreeMask)
+
+
+def cached_class_means(out: Path, losses: PixelLosses, real: RealPairs, num_classes: int,
+                       progress: bool = True) -> tuple[list[float | None], bool]:
+    """The class means (:func:`usis.synthesis.class_mean_losses`) from ``out/class_losses.json`` when it was
+    computed with this segmenter on these real photos, else computed now. Returns them and whether they
+    still need to be written."""
+    path = out / CLASS_LOSSES
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get("segmenter") == losses.identity and cached.get("real") == real.identity:
+            return [None if m is None else float(m) for m in cached["class_means"]], False
+    batches = tqdm(real.batches(), total=-(-real.count // 50), desc="class means on real photos", unit="batch",
+                   disable=None if progress else True, leave=False)
+    return class_mean_losses(losses, batches, num_classes), True
 
 
 # --------------------------------------------------------------------------------------- the folder
@@ -176,7 +226,7 @@ def _read_records(out: Path) -> dict[str, dict[str, Any]]:
         for line in manifest.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 r = json.loads(line)
-                records[f"{r['source']}#{r['seed']}"] = {k: r[k] for k in ("source", "seed", "pixels", "score")}
+                records[f"{r['source']}#{r['seed']}"] = {k: r[k] for k in RECORD_KEYS if k in r}
     staged = out / STAGING / RECORDS
     if staged.is_file():
         raw = staged.read_bytes()
@@ -213,10 +263,14 @@ class Summary:
     check_command: str = ""
 
 
-def _identity(gen: LoadedGenerator, scorer: Scorer | None, local_style: bool) -> dict[str, Any]:
+def _identity(gen: LoadedGenerator, scorer: Scorer | None, local_style: bool, one_style: bool,
+              pixel_filter: float | None, resample: str | None, measure: dict[str, str] | None) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "generator": generator_digest(gen.G), "step": gen.step,
             "local_style": bool(local_style), "size": list(gen.size), "num_classes": gen.num_classes,
-            "scorer": None if scorer is None else scorer.identity}
+            "scorer": None if scorer is None else scorer.identity,
+            "seeds": "one-style" if one_style else "per-map",
+            "pixel_filter": None if pixel_filter is None else {"margin": pixel_filter, **(measure or {})},
+            "resample": None if resample is None else {"mode": resample, **(measure or {})}}
 
 
 def _check_out(out: Path, identity: dict[str, Any]) -> None:
@@ -235,7 +289,7 @@ def _check_out(out: Path, identity: dict[str, Any]) -> None:
         old = json.loads(settings.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise GenerateError(f"{settings}: unreadable ({e}); choose a new --out") from e
-    diff = [k for k in identity if old.get(k) != identity[k]]
+    diff = [k for k in identity if old.get(k, LEGACY_SETTINGS.get(k)) != identity[k]]
     if diff:
         what = ", ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in diff)
         raise GenerateError(f"--out {out} was synthesized with other settings ({what}): rerun with the settings "
@@ -257,10 +311,14 @@ def _check_command(out: Path, gen: LoadedGenerator, kept: int) -> str:
 def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str | os.PathLike, n: int = 1,
                       seed: int = 0, local_style: bool = False, keep: float | None = None,
                       min_score: float | None = None, scorer: Scorer | None = None, note: str = "",
-                      batch_size: int = 8, progress: bool = True, log: Callable[[str], None] | None = None) -> Summary:
+                      batch_size: int = 8, progress: bool = True, log: Callable[[str], None] | None = None,
+                      one_style: bool = False, pixel_filter: float | None = None, resample: str | None = None,
+                      measure: tuple[PixelLosses, RealPairs] | None = None) -> Summary:
     """``usis synthesize``: ``n`` pairs per label file under ``labels`` into ``out`` (see the module
-    docstring for the layout, the score, the filter and resuming). Every map is read and checked, and
-    ``out`` checked against the settings it was made with, before anything is written."""
+    docstring for the layout, the seeds, the score, the filters and resuming). ``pixel_filter``: FreeMask's
+    margin; ``resample="hard"``: 1 to ``n`` pairs per map by hardness; both measure with ``measure``
+    (:func:`usis.synthesis.real_statistics`: a segmenter trained on real photos, and real labelled photos). Every map is read
+    and checked, and ``out`` checked against the settings it was made with, before anything is written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_filter(keep, min_score)
     if (keep is not None or min_score is not None) and scorer is None:
@@ -268,12 +326,32 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
                             + (f" ({note})" if note else ""))
     if batch_size < 1:
         raise GenerateError(f"--batch-size {batch_size}: use at least 1")
+    if pixel_filter is not None and not pixel_filter > 0:
+        raise GenerateError(f"--pixel-filter {pixel_filter}: give the margin over the class's mean loss, > 0 "
+                            f"(FreeMask's {FILTER_MARGIN}: a pixel 1.25x as hard as its class's real pixels is ignored)")
+    if resample not in (None, "hard"):
+        raise GenerateError(f"--resample {resample!r}: the one mode is hard (more pairs for maps of hard classes)")
+    if (pixel_filter is not None or resample is not None) and measure is None:
+        raise GenerateError("--pixel-filter / --resample need a segmenter trained on real photos and real labelled "
+                            "photos (usis.synthesis.real_statistics)")
     out = Path(out).expanduser()
-    jobs = plan_jobs(labels, n, seed)
+    losses, real = measure if measure is not None else (None, None)
+    identity = _identity(gen, scorer, local_style, one_style, pixel_filter, resample,
+                         None if measure is None else {"segmenter": losses.identity, "real": real.identity})
+    _check_out(out, identity)
+    means, means_new = ([], False) if measure is None else cached_class_means(out, losses, real, gen.num_classes,
+                                                                              progress)
+    counts: dict[str, int] | None = None
+    hardness_of: dict[str, float | None] = {}
+    if resample is not None:  # each map's hardness from its class pixels at the model's size
+        src = Path(labels).expanduser()
+        for f in list_label_files(src):
+            rel = f.relative_to(src).as_posix() if src.is_dir() else f.name
+            hardness_of[rel] = hardness(class_pixels(load_label_map(f, gen)), means)
+        counts = dict(zip(hardness_of, resample_counts(list(hardness_of.values()), n), strict=True))
+    jobs = plan_jobs(labels, n, seed, one_style, counts)
     files = list(dict.fromkeys(j.path for j in jobs))
     resized = check_label_maps(files, gen, progress)
-    identity = _identity(gen, scorer, local_style)
-    _check_out(out, identity)
     records = _read_records(out)
     wanted = {j.key for j in jobs}
     stale = sorted(k for k in records if k not in wanted)
@@ -301,21 +379,33 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
                 "scorer_name": None if scorer is None else scorer.name}
     if not (out / SETTINGS).is_file():
         atomic_write(out / SETTINGS, _json({**settings, "complete": False}))
-    _write_if_changed(out / CLASSES, _json(classes_entry(gen.cfg)))
-    stage = out / STAGING
     k = gen.num_classes
+    ignored_as = ignore_id(gen.cfg)
+    _write_if_changed(out / CLASSES, _json({**classes_entry(gen.cfg), "ignore_id": ignored_as}))
+    if means_new:
+        atomic_write(out / CLASS_LOSSES, _json({"segmenter": losses.identity, "segmenter_name": losses.name,
+                                                "real": real.identity, "real_pairs": real.count,
+                                                "class_means": means}))
+    filt = None if pixel_filter is None else PixelFilter(losses, means, pixel_filter, ignored_as)
+    stage = out / STAGING
     pause = float(os.environ.get(PAUSE_ENV) or 0)
     chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
     generated = 0
 
-    def make(chunk: list[Job]) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None]]:
+    def make(chunk: list[Job]):
+        """The chunk's maps, images, scores, and (pixel filter) filtered maps and ignored fractions."""
         read = {p: load_label_map(p, gen) for p in dict.fromkeys(j.path for j in chunk)}  # each map once per batch
         maps = np.stack([read[j.path] for j in chunk])
         images, scores = synthesize_batch(gen.G, torch.from_numpy(maps), [j.seed for j in chunk], scorer, local_style)
-        return maps, images, scores
+        if filt is None:
+            return maps, images, scores, None, [None] * len(chunk)
+        filtered, ignored = filter_batch(filt, images, torch.from_numpy(maps), gen.device)
+        return maps, images, scores, filtered, ignored
 
-    def stage_image(job: Job, image: np.ndarray) -> None:
+    def stage_pair(job: Job, image: np.ndarray, filtered: np.ndarray | None) -> None:
         atomic_write(stage / "images" / job.name, lambda f: Image.fromarray(image).save(f, format="PNG"))
+        if filtered is not None:  # the filtered map depends on the batch's numbers: staged with its image
+            atomic_write(stage / "labels" / job.name, lambda f: label_png(filtered, k).save(f, format="PNG"))
 
     # 1. generate and score every pair without a record (whole batches: the same batches as a run that was
     #    never interrupted, so the same bytes)
@@ -325,12 +415,14 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
         todo = [i for i, j in enumerate(chunk) if j.key not in records]
         if not todo:
             continue
-        maps, images, scores = make(chunk)
+        maps, images, scores, filtered, ignored = make(chunk)
         lines = []
         for i in todo:
             job = chunk[i]
-            stage_image(job, images[i])
+            stage_pair(job, images[i], None if filtered is None else filtered[i])
             rec = {"source": job.rel, "seed": job.seed, "pixels": class_pixels(maps[i]), "score": scores[i]}
+            if filt is not None:
+                rec["ignored"] = ignored[i]
             records[job.key] = rec
             lines.append(json.dumps(rec) + "\n")
         stage.mkdir(parents=True, exist_ok=True)
@@ -346,38 +438,51 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
     kept = dict(zip((j.key for j in jobs), select([records[j.key]["score"] for j in jobs], keep, min_score),
                     strict=True))
 
-    # 3. kept pairs whose image is gone (rejected by an earlier selection, or deleted): made again from their seeds
+    # 3. kept pairs whose image (or filtered map) is gone (rejected by an earlier selection, or deleted): made
+    #    again from their seeds, in their batches
     images_dir, labels_dir = out / "images", out / "labels"
+
+    def missing(j: Job) -> bool:
+        image_gone = not (images_dir / j.name).is_file() and not (stage / "images" / j.name).is_file()
+        label_gone = filt is not None and not (labels_dir / j.name).is_file() and not (stage / "labels" / j.name).is_file()
+        return kept[j.key] and (image_gone or label_gone)
+
     for chunk in chunks:
-        need = [i for i, j in enumerate(chunk) if kept[j.key] and not (images_dir / j.name).is_file()
-                and not (stage / "images" / j.name).is_file()]
+        need = [i for i, j in enumerate(chunk) if missing(j)]
         if need:
-            _, images, _ = make(chunk)
+            _, images, _, filtered, _ = make(chunk)
             for i in need:
-                stage_image(chunk[i], images[i])
+                stage_pair(chunk[i], images[i], None if filtered is None else filtered[i])
             generated += len(need)
 
     # 4. the final folders: kept pairs in, rejected ones out; then the manifest
     lines = []
     last: tuple[Path | None, np.ndarray | None] = (None, None)
     for j in jobs:
-        final_img, final_lab, staged = images_dir / j.name, labels_dir / j.name, stage / "images" / j.name
+        final_img, final_lab = images_dir / j.name, labels_dir / j.name
+        staged, staged_lab = stage / "images" / j.name, stage / "labels" / j.name
         if kept[j.key]:
-            if staged.is_file():
-                final_img.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final_img)
+            for src_, dst in ((staged, final_img), (staged_lab, final_lab)):
+                if src_.is_file():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src_, dst)
             if not final_lab.is_file():
                 if last[0] != j.path:  # the seeds of a map follow each other: read it once
                     last = (j.path, load_label_map(j.path, gen))
                 ids = last[1]
                 atomic_write(final_lab, lambda f, ids=ids: label_png(ids, k).save(f, format="PNG"))
         else:
-            for p in (final_img, final_lab, staged):
+            for p in (final_img, final_lab, staged, staged_lab):
                 p.unlink(missing_ok=True)
         rec = records[j.key]
-        lines.append(json.dumps({"image": f"images/{j.name}", "label": f"labels/{j.name}", "source": j.rel,
-                                 "seed": j.seed, "pixels": rec["pixels"], "score": rec["score"],
-                                 "kept": kept[j.key]}) + "\n")
+        entry = {"image": f"images/{j.name}", "label": f"labels/{j.name}", "source": j.rel, "seed": j.seed,
+                 "pixels": rec["pixels"], "score": rec["score"], "kept": kept[j.key]}
+        if filt is not None:
+            entry["ignored"] = rec["ignored"]
+        if counts is not None:
+            h = hardness_of[j.rel]
+            entry.update(hardness=None if h is None else round(h, 6), samples=counts[j.rel])
+        lines.append(json.dumps(entry) + "\n")
     _write_if_changed(out / MANIFEST, "".join(lines))
     n_kept = sum(kept.values())
     _write_if_changed(out / SETTINGS, _json({**settings, "complete": True, "pairs": len(jobs), "kept": n_kept}))

@@ -58,25 +58,39 @@ def _class_weights(labels: Tensor) -> Tensor:
 
 
 def fit_evalnet(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, crop: tuple[int, int],
-                device: torch.device | str = "cpu", desc: str | None = None) -> tuple[EvalNet, float]:
+                device: torch.device | str = "cpu", desc: str | None = None, mix: tuple[int, int] | None = None,
+                init: EvalNet | None = None) -> tuple[EvalNet, float]:
     """A fresh ``EvalNet`` (initialised from ``seed``) trained ``steps`` steps by the evaluator's recipe on
     ``images`` (N x 3 x H x W in [-1, 1], on the CPU) and ``labels`` (N x H x W class ids): random ``crop``
     (height, width) crops of BATCH_SIZE images, horizontal flips, a mild gain / offset jitter, class-weighted
     cross entropy, AdamW with a one-cycle schedule. Returns the net (in training mode) and its last loss;
-    ``desc``: a progress bar."""
+    ``desc``: a progress bar.
+
+    ``mix=(n_first, k)``: every batch draws ``k`` of its images from the first ``n_first`` (say, real photos)
+    and the rest from the others (default: uniformly from all). ``init``: start from a copy of this net's
+    weights instead of a fresh one (fine-tuning), with the same recipe."""
     n, _, height, width = images.shape
     ch, cw = crop
     weights = _class_weights(labels.long()).to(device)
     gen = torch.Generator().manual_seed(seed)
+    if mix is not None and not (0 < mix[0] < n and 0 <= mix[1] <= BATCH_SIZE):
+        raise ValueError(f"mix={mix}: need 0 < n_first < {n} images and 0 <= k <= {BATCH_SIZE} per batch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = EvalNet()
+    if init is not None:
+        net.load_state_dict(init.state_dict())
     net = net.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
     bar = tqdm(total=steps, desc=desc, unit="step") if desc else None
     for _ in range(steps):
-        idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
+        if mix is None:
+            idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
+        else:
+            first, k = mix
+            idx = torch.cat([torch.randint(first, (k,), generator=gen),
+                             first + torch.randint(n - first, (BATCH_SIZE - k,), generator=gen)])
         y0 = int(torch.randint(height - ch + 1, (1,), generator=gen))
         x0 = int(torch.randint(width - cw + 1, (1,), generator=gen))
         x = images[idx, :, y0 : y0 + ch, x0 : x0 + cw]
