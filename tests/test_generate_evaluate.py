@@ -148,16 +148,17 @@ def test_evaluate_synthetic_writes_report(ckpt, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(se.SyntheticEvaluator, "load_or_train", classmethod(untrained))
     out = tmp_path / "report"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", "miou,sfid,msssim",
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", "miou,sfid,msssim,c2st",
                  "--msssim-maps", "2", "--msssim-samples", "3", "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     res = report["results"]
-    assert {"miou", "miou_ceiling", "sfid", "msssim"} <= res.keys()
+    assert {"miou", "miou_ceiling", "sfid", "msssim", "c2st", "c2st_loss"} <= res.keys()
+    assert 0 <= res["c2st"] <= 1 and res["c2st_loss"] >= 0 and report["meta"]["c2st_images"] == 4
     assert 0 <= res["miou"] <= 100 and math.isfinite(res["sfid"]) and 0 < res["msssim"] <= 1
     assert [c["class"] for c in report["per_class_iou"]] == CLASS_NAMES[1:]
     assert report["meta"]["step"] == 1 and report["meta"]["num_images"] == 4
     md = (out / "report.md").read_text()
-    assert "Per-class IoU" in md and "| road |" in md and "synthetic FID" in md
+    assert "Per-class IoU" in md and "| road |" in md and "synthetic FID" in md and "C2ST accuracy" in md
     assert (out / "samples.png").is_file()
     assert "sfid" in capsys.readouterr().out
 
@@ -253,6 +254,10 @@ def test_evaluate_fid_kid_on_a_folder_dataset_and_periodic_fid(ckpt, folder_data
     metrics = evaluator(trainer)
     assert metrics["fid"] > 0 and "kid_mean" in metrics
     assert list((tmp_path / "cache" / "fid_stats").glob("*.pt")) == stats  # reused, not recomputed
+    # the two-sample test alone needs no Inception weights
+    cfg.eval.metrics, cfg.eval.fid_weights = "c2st", "/nonexistent/inception.pth"
+    only_c2st = make_evaluator(cfg, build_datasets(cfg, "val"))(trainer)
+    assert set(only_c2st) == {"c2st", "c2st_loss", "c2st_n"} and 0 <= only_c2st["c2st"] <= 1
 
 
 def test_missing_inception_weights_offline(ckpt, folder_data, tmp_path, monkeypatch, capsys):

@@ -259,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or a `usis export` folder")
     pe.add_argument("--out", required=True, help="report folder")
     pe.add_argument("--metrics", default=None,
-                    help="comma list of fid, kid, miou, msssim (synthetic preset: miou, sfid, msssim); "
-                         "default: the run's eval.metrics")
+                    help="comma list of fid, kid, miou, msssim, c2st (a classifier two-sample test of realism, "
+                         "no downloaded weights; synthetic preset: miou, sfid, msssim, c2st); default: the run's "
+                         "eval.metrics")
     pe.add_argument("--segmenter", choices=["drn", "segformer", "torchscript"], default=None,
                     help="pretrained segmenter for mIoU")
     pe.add_argument("--segmenter-path", default=None, help="its weights file, model folder / hub name, or .pt")

@@ -32,6 +32,10 @@ RESERVE_S = 90.0
 BARS_FROM_STEP = 2250
 
 
+def _cell(record: dict, key: str, digits: int) -> str:
+    return f"{record[key]:.{digits}f}" if key in record else "n/a"
+
+
 def metrics_table(records: list[dict]) -> str:
     """Markdown table: metric | at initialisation | at the end (| change)."""
     if not records:
@@ -59,6 +63,14 @@ def metrics_table(records: list[dict]) -> str:
     def cell(v) -> str:
         return "n/a" if v is None else f"{v:.1f}"
 
+    if "c2st" in last:  # realism and diversity (usis.metrics.c2st, usis.metrics.diversity)
+        lines.append(f"| C2ST: a classifier tells generated from real photos | {_cell(first, 'c2st', 3)} | "
+                     f"{last['c2st']:.3f} | 0.5 = cannot tell, 1.0 = always can |")
+        lines.append(f"| C2ST held-out loss | {_cell(first, 'c2st_loss', 3)} | {last['c2st_loss']:.3f} | "
+                     "higher = harder to tell (0.69 at chance) |")
+    if "msssim" in last:
+        lines.append(f"| MS-SSIM between noise seeds | {_cell(first, 'msssim', 3)} | {last['msssim']:.3f} | "
+                     "lower = more diverse (paper, Cityscapes: 0.51) |")
     for key in [k for k in last if k.startswith("iou/")]:
         lines.append(f"| IoU {key[4:]} (%) | {cell(first.get(key))} | {cell(last[key])} | |")
     return "\n".join(lines)

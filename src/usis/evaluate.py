@@ -1,5 +1,8 @@
 """Final evaluation of a trained generator: FID / KID / mIoU / MS-SSIM and a JSON + Markdown report.
 
+Realism without downloaded weights: ``c2st``, the classifier two-sample test (:mod:`usis.metrics.c2st`) of the
+generated images against as many validation photos.
+
 Protocol (PAPER.md, "Evaluation protocol"): the EMA generator turns the validation label maps into
 images (image i with noise seed ``seed + i``, so any of them can be regenerated with
 ``usis generate --seed <seed + i> --n 1``); these are compared with the validation photos (FID/KID,
@@ -35,6 +38,7 @@ from usis.data import build_datasets
 from usis.data.datasets import label_set
 from usis.errors import EvaluateError
 from usis.generate import LoadedGenerator, generate_images, load_generator
+from usis.metrics.c2st import as_written, chance_spread, classifier_two_sample_test
 from usis.metrics.diversity import msssim_diversity
 from usis.metrics.fid import FeatureDistance, compute_distances
 from usis.metrics.protocol import (
@@ -122,6 +126,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     # --- one pass over the label maps: generate, then feed every metric that looks at single images
     preview: list[Tensor] = []
     preview_labels: list[Tensor] = []
+    written: list[Tensor] = []  # the generated images as 8-bit, for the two-sample test
 
     def fakes() -> Iterator[Tensor]:
         start = 0
@@ -131,6 +136,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
             start += len(labels)
             if tools.scorer is not None:
                 tools.scorer.update(fake, labels)
+            if "c2st" in wanted:
+                written.append(as_written(fake))
             if sum(len(p) for p in preview) < 8:
                 preview.append(fake[:8])
                 preview_labels.append(labels[:8])
@@ -157,6 +164,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     if tools.scorer is not None:
         scores, per_class = tools.scorer.results()
         results.update(scores)
+    if "c2st" in wanted:  # the generated images against as many validation photos (8-bit both)
+        real = torch.cat([as_written(x) for x in photo_batches(val.photos, n_real, bs, cfg.data.num_workers)()])
+        c2st = classifier_two_sample_test(real, torch.cat(written), seed=seed, device=dev)
+        results.update(c2st=c2st["c2st"], c2st_loss=c2st["c2st_loss"])
+        meta.update(c2st_images=int(c2st["c2st_n"]), c2st_chance_spread=chance_spread(int(c2st["c2st_n"])))
     if "msssim" in wanted:
         results["msssim"] = _msssim(gen, val.labels, min(msssim_maps, n), msssim_samples, seed + n, bs,
                                     cfg.data.num_workers)

@@ -8,9 +8,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from usis.config import Config
 from usis.data.synthetic import stack
 from usis.errors import PeriodicEvaluationWarning
+from usis.metrics.c2st import as_written, classifier_two_sample_test
 from usis.metrics.diversity import msssim_diversity
 from usis.metrics.fid import MetricsError, build_inception, compute_fid
 from usis.metrics.protocol import label_batches, parse_metrics, photo_batches, real_key
@@ -26,13 +29,16 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
     real = stack(val.photos, "image", n)
     state: dict[str, Any] = {}
 
-    diversity = "msssim" in parse_metrics(cfg.eval.metrics, cfg.data.kind)
+    wanted = parse_metrics(cfg.eval.metrics, cfg.data.kind)
+    diversity, realism = "msssim" in wanted, "c2st" in wanted
 
     def evaluate(trainer) -> dict[str, float]:
         if "ev" not in state:
             state["ev"] = scoring_segmenter(cfg, "synthetic", device=str(trainer.device))
         fake = trainer.generate(labels, range(EVAL_SEED, EVAL_SEED + len(labels)), batch_size=cfg.eval.batch_size)
         out = {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
+        if realism and trainer.step > 0:  # at initialisation every image is caught: not worth its seconds
+            out.update(classifier_two_sample_test(real, as_written(fake), device=trainer.device))
         if diversity:
             out["msssim"] = msssim_of(trainer, labels[:MSSSIM_MAPS])
         return out
@@ -57,55 +63,71 @@ def msssim_of(trainer, labels) -> float:
 
 def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | None:
     """FID (and KID if ``kid`` is in ``eval.metrics``) of EMA samples from the first ``eval.num_images``
-    validation label maps against as many validation photos, with cached real statistics.
+    validation label maps against as many validation photos, with cached real statistics; with ``c2st`` the
+    classifier two-sample test (:mod:`usis.metrics.c2st`) of the same images against the photos.
 
     The Inception weights are loaded here, before training starts: if they cannot be obtained (offline,
-    ``eval.fid_weights`` wrong), a :class:`PeriodicEvaluationWarning` says how to fix it and ``None`` is
-    returned (training runs without periodic FID instead of crashing at its first evaluation).
+    ``eval.fid_weights`` wrong), a :class:`PeriodicEvaluationWarning` says how to fix it and FID is left out
+    (training runs without it instead of crashing at its first evaluation).
     """
     requested = parse_metrics(cfg.eval.metrics, cfg.data.kind)
-    wanted = [m for m in requested if m in ("fid", "kid")]
+    wanted = [m for m in requested if m in ("fid", "kid", "c2st")]
     others = [m for m in requested if m not in wanted]
     if others:
         warnings.warn(f"eval.metrics: {', '.join(others)} are not computed during training on real data (they need "
                       "a pretrained segmenter or many samples per map); run `usis evaluate` on a checkpoint",
                       PeriodicEvaluationWarning, stacklevel=2)
-    if not wanted:
-        return None
-    try:
-        extractor = build_inception(cfg.eval.fid_weights or None)
-    except MetricsError as e:
-        warnings.warn(f"periodic FID is disabled for this run (training continues; best.pt by "
-                      f"{cfg.eval.best_metric} will not be written): {e}", PeriodicEvaluationWarning, stacklevel=2)
+    extractor = None
+    if "fid" in wanted or "kid" in wanted:
+        try:
+            extractor = build_inception(cfg.eval.fid_weights or None)
+        except MetricsError as e:
+            warnings.warn(f"periodic FID is disabled for this run (training continues; best.pt by "
+                          f"{cfg.eval.best_metric} will not be written): {e}", PeriodicEvaluationWarning, stacklevel=2)
+    realism = "c2st" in wanted
+    if extractor is None and not realism:
         return None
     limit = cfg.eval.num_images
     n = len(val.labels) if limit <= 0 else min(limit, len(val.labels))
     n_real = len(val.photos) if limit <= 0 else min(limit, len(val.photos))
     if n < 2 or n_real < 2:
-        warnings.warn(f"periodic FID is disabled: it needs at least 2 validation label maps and photos (found "
+        warnings.warn(f"periodic evaluation is disabled: it needs at least 2 validation label maps and photos (found "
                       f"{len(val.labels)} and {len(val.photos)})", PeriodicEvaluationWarning, stacklevel=2)
         return None
-    key = real_key(cfg, val.photos, n_real, extractor)
+    key = real_key(cfg, val.photos, n_real, extractor) if extractor is not None else None
     bs, workers = cfg.eval.batch_size, cfg.data.num_workers
     kid = "kid" in wanted
 
     def evaluate(trainer) -> dict[str, float]:
-        extractor.to(trainer.device)
+        written: list = []  # the generated images as 8-bit, for the two-sample test
 
         def fakes():
             for b, labels in enumerate(label_batches(val.labels, n, bs, workers)):
-                yield trainer.generate(labels, range(EVAL_SEED + b * bs, EVAL_SEED + b * bs + len(labels)), batch_size=bs)
+                fake = trainer.generate(labels, range(EVAL_SEED + b * bs, EVAL_SEED + b * bs + len(labels)),
+                                        batch_size=bs)
+                if realism:
+                    written.append(as_written(fake))
+                yield fake
 
-        try:
-            res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, workers), key,
-                              cfg.eval.cache_dir or None, extractor, kid=kid)
-        except Exception as e:  # a metric must not end a long run; the warning says what happened
-            warnings.warn(f"periodic FID at step {trainer.step} failed and was skipped: {type(e).__name__}: {e}",
-                          PeriodicEvaluationWarning, stacklevel=2)
+        out: dict[str, float] = {}
+        try:  # a metric must not end a long run; the warning says what happened
+            if extractor is not None:
+                extractor.to(trainer.device)
+                res = compute_fid(fakes(), photo_batches(val.photos, n_real, bs, workers), key,
+                                  cfg.eval.cache_dir or None, extractor, kid=kid)
+                out["fid"] = float(res["fid"])
+                if kid:
+                    out.update(kid_mean=float(res["kid_mean"]), kid_std=float(res["kid_std"]))
+            else:
+                for _ in fakes():
+                    pass
+            if realism:
+                real = torch.cat([as_written(x) for x in photo_batches(val.photos, n_real, bs, workers)()])
+                out.update(classifier_two_sample_test(real, torch.cat(written), device=trainer.device))
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"periodic evaluation at step {trainer.step} failed and was skipped: {type(e).__name__}: "
+                          f"{e}", PeriodicEvaluationWarning, stacklevel=2)
             return {}
-        out = {"fid": float(res["fid"])}
-        if kid:
-            out.update(kid_mean=float(res["kid_mean"]), kid_std=float(res["kid_std"]))
         return out
 
     return evaluate

@@ -21,7 +21,7 @@ from usis.data.unpaired import make_eval_loader
 from usis.errors import EvaluateError
 from usis.metrics.fid import feature_extractor_id, real_stats_key
 
-ALL_METRICS = ("fid", "kid", "miou", "msssim", "sfid")
+ALL_METRICS = ("fid", "kid", "miou", "msssim", "sfid", "c2st")
 
 # Every value an evaluation reports: its label and which way is better (None: neither, e.g. a spread).
 # The one registry behind best.pt tracking, the report's table and the demo's table.
@@ -34,6 +34,8 @@ METRICS: dict[str, tuple[str, bool | None]] = {
     "miou_ceiling": ("mIoU ceiling %", None),
     "msssim": ("MS-SSIM", False),  # lower = more diverse
     "sfid": ("synthetic FID", False),
+    "c2st": ("C2ST accuracy (0.5 = indistinguishable)", False),  # usis.metrics.c2st
+    "c2st_loss": ("C2ST held-out loss", True),  # higher = harder to tell from photos
 }
 
 
@@ -60,7 +62,8 @@ def new_best(best: dict[str, float], key: str, metrics: dict[str, float], step: 
 
 
 SEGMENTERS = ("drn", "segformer", "torchscript")
-RESULT_ORDER = ("fid", "kid_mean", "kid_std", "miou", "pixel_accuracy", "miou_ceiling", "sfid", "msssim")
+RESULT_ORDER = ("fid", "kid_mean", "kid_std", "miou", "pixel_accuracy", "miou_ceiling", "sfid", "c2st", "c2st_loss",
+                "msssim")
 
 
 def parse_metrics(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:
@@ -74,7 +77,7 @@ def parse_metrics(text: str | list[str] | tuple[str, ...], kind: str) -> list[st
         if name in ("miou_ceiling",):
             name = "miou"
         if name not in ALL_METRICS:
-            raise EvaluateError(f"unknown metric {name!r}; choose from {', '.join(ALL_METRICS[:4])} "
+            raise EvaluateError(f"unknown metric {name!r}; choose from fid, kid, miou, msssim, c2st "
                                 "(and sfid for the synthetic preset)")
         if name == "sfid" and kind != "synthetic":
             raise EvaluateError("sfid is the synthetic preset's metric; on real data use fid")

@@ -45,6 +45,8 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     for k, (label, higher) in METRICS.items()
 }
 METRIC_LABELS["msssim"] = (METRICS["msssim"][0], "lower = more diverse")
+METRIC_LABELS["c2st"] = ("C2ST accuracy", "0.5 = the classifier cannot tell them from photos, 1.0 = it always can")
+METRIC_LABELS["c2st_loss"] = ("C2ST held-out loss", "higher = harder to tell; 0.69 at chance")
 
 
 def paper_results(dataset: str) -> dict[str, dict[str, float]]:
