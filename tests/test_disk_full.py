@@ -8,6 +8,7 @@ The full disk is simulated: writes to the matching files go through up to a byte
 
 import builtins
 import errno
+import functools
 import io
 import json
 import os
@@ -178,16 +179,19 @@ def test_a_full_disk_while_keeping_previous_leaves_both_checkpoints(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "previous.pt"]
 
 
-def _full_disk_train_process(dist, *args):
-    """train_process in a data-parallel worker whose disk fills up at rank 0's second checkpoint save."""
+def _full_disk_train_process(match: str, skip: int, budget: int, dist, *args):
+    """train_process in a data-parallel worker whose disk is full for rank 0's files matching ``match`` (after
+    ``skip`` of them, ``budget`` bytes fit): with functools.partial, what the workers run."""
     with pytest.MonkeyPatch.context() as mp:
         if dist.is_main:
-            FullDisk(mp, CHECKPOINT_TEMP, skip=1, budget=4096)
+            FullDisk(mp, match, skip=skip, budget=budget)
         return trainer_mod.train_process(dist, *args)
 
 
 def test_a_full_disk_in_a_data_parallel_run_ends_every_rank_with_one_message(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(usis.train.run, "train_process", _full_disk_train_process)  # what the workers run
+    # the disk fills up at rank 0's second checkpoint save
+    monkeypatch.setattr(usis.train.run, "train_process", functools.partial(_full_disk_train_process, CHECKPOINT_TEMP,
+                                                                           1, 4096))
     run = tmp_path / "run"
     rc = main(["train", "--preset", "synthetic", "--out", str(run), "--iters", "8", "--no-progress",
                *set_args(TINY + ["train.ckpt_every=2", "train.nproc=2"])])
@@ -311,3 +315,82 @@ def test_what_counts_as_a_full_disk(tmp_path):
     assert "quota" in str(quota) and "2.5 MB needed" in str(quota) and quota.errno == errno.EDQUOT
     assert [format_size(n) for n in (0, 999, 1000, 27_900_000, 3 * 10**12)] == ["0 B", "999 B", "1.0 kB", "27.9 MB",
                                                                                 "3.0 TB"]
+
+
+# ------------------------------------------------------------- the run's config.json, evaluate, the app (issue 34)
+
+
+def test_a_full_disk_under_the_runs_config_json_is_one_message_and_loses_nothing(checkpoint, tmp_path, monkeypatch,
+                                                                                 capfd):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent.parent, run)
+    before = _snapshot(run / "checkpoints")
+    FullDisk(monkeypatch, r"/run/config\.json(\.[^/]*\.tmp)?$", budget=10)  # written (atomically) as the run starts
+    assert main(["train", "--out", str(run), "--resume", "--iters", "3", "--no-progress"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Errno" not in err, err
+    (line,) = _error_lines(err)
+    assert str(run / "config.json") in line and f"{format_size(FREE)} free" in line
+    assert f"usis train --out {run} --resume" in line
+    assert _snapshot(run / "checkpoints") == before  # nothing lost
+    monkeypatch.undo()
+    assert main(["train", "--out", str(run), "--resume", "--iters", "3", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["preset"] == "synthetic"  # written again, whole
+
+
+def test_a_full_disk_under_config_json_in_a_data_parallel_run_is_one_message(tmp_path, monkeypatch, capfd):
+    # rank 0's disk is full as it writes the run's config.json
+    monkeypatch.setattr(usis.train.run, "train_process",
+                        functools.partial(_full_disk_train_process, r"/config\.json(\.[^/]*\.tmp)?$", 0, 10))
+    run = tmp_path / "run"
+    rc = main(["train", "--preset", "synthetic", "--out", str(run), "--iters", "2", "--no-progress",
+               *set_args(TINY + ["train.nproc=2"])])
+    err = capfd.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    (line,) = _error_lines(err)
+    assert str(run / "config.json") in line and "start again" in line
+
+
+EVALUATE = ["--metrics", "msssim", "--msssim-maps", "2", "--msssim-samples", "2", "--device", "cpu"]
+
+
+def test_evaluate_on_a_full_disk_keeps_the_report_or_its_numbers(checkpoint, tmp_path, monkeypatch, capfd):
+    out = tmp_path / "eval"
+    FullDisk(monkeypatch, r"/eval/samples\.png$", budget=100)  # the preview, written after the report
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(out), *EVALUATE]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    (line,) = _error_lines(err)
+    assert str(out / "samples.png") in line and f"{format_size(FREE)} free" in line and "report was written" in line
+    assert json.loads((out / "report.json").read_text())["results"]["msssim"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no torn samples.png
+    monkeypatch.undo()
+    # the report itself on a full disk: the message holds the numbers it could not write
+    FullDisk(monkeypatch, r"/eval2/report\.json\.[^/]+\.tmp$", budget=10)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval2"), *EVALUATE]) == 2
+    (line,) = _error_lines(capfd.readouterr().err)
+    assert "report.json" in line and "the results were: msssim=" in line
+
+
+def test_the_apps_downloads_on_a_full_disk_are_one_message_and_the_images_stay(checkpoint, monkeypatch, capfd):
+    pytest.importorskip("gradio")
+    from usis.app import LabelApp
+
+    app = LabelApp.from_checkpoint(checkpoint, device="cpu")
+    ids = app.blank(1)
+    shots = app.shots(0, 2)
+    images = app.generate(ids, shots)
+    FullDisk(monkeypatch, r"/usis-app-[^/]+/[^/]+/[^/]+$", skip=2, budget=100)  # the third file meets it
+    with pytest.raises(DiskFullError, match="disk full") as info:
+        app.save(ids, images, shots)
+    assert "cannot be downloaded" in str(info.value) and f"{format_size(FREE)} free" in str(info.value)
+    assert not [p for p in app.tmp_dir.iterdir()]  # the request's folder is gone, nothing torn left
+    # in the page: the images shown, no downloads, one message (no traceback in the terminal)
+    demo = app.build()
+    on_generate = next(f.fn for f in demo.fns.values() if f.name == "on_generate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gr.Warning outside a request
+        _, gallery, shot_list, _, files, status = on_generate(app.editor_value(ids), ids, 2, 0, False)
+    assert len(gallery["value"]) == 2 and shot_list == shots and files == []
+    assert status.startswith("error: disk full:") and "cannot be downloaded" in status
+    assert "Traceback" not in capfd.readouterr().err

@@ -116,3 +116,28 @@ def test_training_with_stderr_in_a_file_writes_plain_progress_lines(tmp_path, mo
     steps = [int(m.group(1)) for m in re.finditer(r"^usis (\d+)/6 \(", text, re.MULTILINE)]
     assert steps == [1, 2, 3, 4, 5, 6], text
     assert re.search(r"^usis 3/6 \(50\.0%\) \S+ it/s .*\bloss_d=\S+ .*elapsed \d+:\d\d left \d+:\d\d$", text, re.MULTILINE)
+
+
+def test_a_demo_like_log_holds_no_carriage_return(tmp_path, monkeypatch):
+    # `make demo > log` on a machine without the synthetic evaluator cached: the evaluator is trained first, inside
+    # the run's first evaluation (made short here: 3 steps on 16 images; a line every step); its progress is
+    # plain lines too, as training's (issue 34)
+    from usis.metrics.synthetic_eval import fit
+
+    monkeypatch.setattr(fit, "TRAIN_STEPS", 3)
+    monkeypatch.setattr(fit, "TRAIN_IMAGES", 16)
+    monkeypatch.setattr(fit, "PROGRESS_INTERVAL_S", 0.0)
+    log = tmp_path / "demo.log"
+    with open(log, "w") as f:
+        monkeypatch.setattr(sys, "stderr", f)
+        rc = main(["train", "--preset", "synthetic", "--out", str(tmp_path / "run"), "--iters", "2",
+                   *set_args(TINY + ["train.eval_every=0", f"eval.cache_dir={tmp_path / 'cache'}",
+                                     "train.log_interval_s=0"])])
+    monkeypatch.undo()
+    text = log.read_bytes().decode()  # as written
+    assert rc == 0, text
+    assert "\r" not in text
+    evaluator = [line for line in text.splitlines() if line.startswith("training synthetic evaluator 64x64 ")]
+    assert [line.split()[4] for line in evaluator] == ["1/3", "2/3", "3/3"], text
+    assert re.match(r"training synthetic evaluator 64x64 3/3 \(100\.0%\) \S+ it/s loss=\d", evaluator[-1])
+    assert re.search(r"^usis 2/2 \(100\.0%\)", text, re.MULTILINE)

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import set_args
+from huggingface_hub import DatasetCard
 from PIL import Image
 
 from usis import USISPipeline
 from usis.cli import main
 from usis.data.palette import load_class_file
-from usis.data.synthetic import SyntheticLabels
+from usis.data.synthetic import CLASS_NAMES, SyntheticLabels
 from usis.errors import GenerateError
 from usis.generate import resize_nearest
 from usis.synthesis import select
@@ -253,6 +255,57 @@ def test_keep_keeps_the_best_scores_and_reselects_on_rerun(dataset, ckpt, tree, 
 
     assert select([{"miou": 3.0}, None, {"miou": 3.0}, {"miou": 9.0}], keep=0.5) == [True, False, False, True]
     assert select([{"miou": 3.0}, None], min_score=3.0) == [True, False]
+
+
+# ------------------------------------------------------------------------------------------ dataset card
+
+
+def _card(out: Path) -> tuple[dict, str]:
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), text
+
+
+def test_the_dataset_card_counts_the_pairs_and_names_the_filter(ckpt, tree, tmp_path):
+    out = tmp_path / "carded"
+    assert main(_cmd(ckpt, tree, out, *DATASET_ARGS, "--keep", "0.5")) == 0  # 4 of 8 pairs
+    meta, card = _card(out)
+    settings = json.loads((out / "synthesize.json").read_text())
+    kept = sum(r["kept"] for r in _manifest(out))
+    assert settings["pairs"] == 8 and settings["kept"] == kept == 4
+    assert meta["task_categories"] == ["image-segmentation"] and meta["task_ids"] == ["semantic-segmentation"]
+    assert meta["size_categories"] == ["n<1K"] and {"usis", "synthetic"} <= set(meta["tags"])
+    assert "license" not in meta and "# license: not set" in card
+    assert DatasetCard(card).data.task_categories == ["image-segmentation"]  # the Hub's parser reads it
+    assert "# usis synthesized dataset: 4 image / label pairs" in card
+    assert "from 4 label maps: 8 pairs generated, **4 kept** and 4 rejected" in card
+    assert "score filter: the best 50 % by mIoU kept (`--keep 0.5`)" in card
+    assert f"sha256 `{settings['generator']}`" in card and "step 1" in card and str(ckpt) in card
+    assert "its model card: none (a training checkpoint" in card
+    assert "pair k of every map has seed `seed + k`" in card and "`--seed` 5" in card
+    assert "**ignore id: 0**" in card and "ignore_index=0" in card and "reduce_zero_label=False" in card
+    assert 'data_prefix=dict(img_path="images", seg_map_path="labels")' in card and 'img_suffix=".png"' in card
+    assert 'cast_column("label", Image())' in card
+    for i, name in enumerate(CLASS_NAMES):
+        assert f"| {i} | {name}" in card
+    # another selection rewrites it; the same one leaves it as it is (byte for byte, not even rewritten)
+    assert main(_cmd(ckpt, tree, out, *DATASET_ARGS, "--keep", "0.75")) == 0
+    assert "**6 kept** and 2 rejected" in _card(out)[1]
+    before = _snapshot(out)
+    assert main(_cmd(ckpt, tree, out, *DATASET_ARGS, "--keep", "0.75")) == 0
+    assert _snapshot(out) == before
+
+
+def test_the_card_of_a_filtered_dataset_says_how_it_was_filtered(filtered):
+    out, _ = filtered
+    _, card = _card(out)
+    losses = json.loads((out / "class_losses.json").read_text())
+    settings = json.loads((out / "synthesize.json").read_text())
+    assert f"**{settings['kept']} kept** and 0 rejected; no score filter: every pair kept" in card
+    assert "exceeds 1.1 x its class's mean loss is labelled 0 (ignored)" in card
+    assert "re-sampling `hard`: 1 to 3 pairs per map by the rank of its hardness" in card
+    assert f"class means of `{losses['segmenter_name']}` over {losses['real_pairs']} real labelled photos" in card
 
 
 # ------------------------------------------------------------------------------------------ Python API

@@ -7,6 +7,7 @@ Each test trains the tiny 64 x 64 config in two CPU processes (gloo) in a subpro
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import TINY, set_args
 
+from usis.cli import main
 from usis.train.distributed import Dist, launch
 
 RUN = TINY + ["train.nproc=2", "train.ckpt_every=3"]
@@ -199,8 +201,10 @@ def test_under_torchrun_the_survivor_ends_with_one_line_and_resume_goes_on(tmp_p
     assert all(_gone(p) for p in workers.values()), "a survivor is still running"
     # torchrun's agent names the rank and the signal (its own report ends in a traceback of torchrun itself)
     assert "rank      : 1 (local_rank: 1)" in text and "SIGKILL" in text, text
-    # the survivor: one line and the resume command, no traceback from a worker
-    assert text.count("error: rank 0") == 1 and f"usis train --out {out} --resume" in text, text
+    # the survivor: one line and the resume command, no traceback from a worker (torchrun's report repeats the line
+    # as its entry's "traceback", from the file the agent reads: issue 34)
+    assert len(re.findall(r"^error: rank 0", text, re.MULTILINE)) == 1, text
+    assert f"usis train --out {out} --resume" in text, text
     assert "src/usis" not in text and "distributed_c10d" not in text and "leaked semaphore" not in text, text
     print(f"torchrun, kill -9 of rank 1 -> exit {proc.returncode} after {took:.1f} s")
 
@@ -218,3 +222,35 @@ def _rank_0_alone_for_a_while(dist: Dist, seconds: float):
 def test_waits_for_rank_0_working_alone_outlast_the_collective_timeout():
     # train.dist_timeout bounds a step's collectives; rank 0's solo work (evaluation, saving) may take longer
     assert launch(_rank_0_alone_for_a_while, 2, (4.0,), timeout_s=1.0) == ["from rank 0", "from rank 0"]
+
+
+def test_a_failed_rank_hands_its_error_line_to_torchruns_report(tmp_path, monkeypatch, capsys):
+    # torchrun's agent reports a failed rank from the JSON file it names in TORCHELASTIC_ERROR_FILE: with our
+    # line there, its report shows the cause instead of a link to its documentation (issue 34)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    assert main(["train", "--preset", "folder", "--out", str(tmp_path / "run")]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file=str(error_file))
+    assert failure.message["message"] == line and abs(failure.timestamp - time.time()) < 600
+    report = ChildFailedError("usis.cli", {0: failure}).format_msg()
+    assert f"traceback : {line}" in report and "To enable traceback" not in report
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+    error_file.unlink()
+    assert main(["train", "--preset", "folder", "--out", str(tmp_path / "run")]) == 2
+    assert not error_file.exists()  # outside torchrun: nothing written
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed next to this Python")
+def test_under_torchrun_the_agents_report_names_our_message(tmp_path):
+    # both ranks fail their config check at once; torchrun still ends with its own traceback (README,
+    # "Several processes"), but its report's root cause is our line
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "usis.cli", "train",
+            "--preset", "folder", "--out", str(tmp_path / "run")]
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=STARTED_S)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text  # torchrun's status for a failed launch, whatever the ranks returned
+    assert "traceback : error: data.num_classes=0" in text and "To enable traceback" not in text, text

@@ -57,11 +57,13 @@ from scipy import ndimage
 from usis.checkpoint import find_checkpoint
 from usis.data.datasets import label_png, open_image, resolve_layout
 from usis.data.synthetic import make_layout
-from usis.errors import CheckpointError, ConfigError, GenerateError, UsisError, UsisWarning
+from usis.errors import CheckpointError, ConfigError, DiskFullError, GenerateError, UsisError, UsisWarning
 from usis.generate import ids_outside, image_label_ids, read_label_map, resize_nearest, run_generator
+from usis.hub import is_hub_name
 from usis.nn.noise import noise_vector, seeded_noise, style_map
 from usis.pipeline import USISPipeline
 from usis.utils.images import colorize, to_pil
+from usis.utils.io import disk_full_cause, disk_full_error
 
 DEFAULT_RUN = Path("runs/demo")
 NO_MODEL = ("no model: run `make demo` first (it trains one into runs/demo) or pass --checkpoint "
@@ -291,9 +293,11 @@ class LabelApp:
         self._val_problem = ""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto", **kwargs) -> "LabelApp":
-        """The app for a checkpoint, run folder or export folder; ``kwargs``: :class:`LabelApp`'s options."""
-        return cls(USISPipeline.from_pretrained(resolve_checkpoint(path), device=device), **kwargs)
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto", revision: str | None = None,
+                        **kwargs) -> "LabelApp":
+        """The app for a checkpoint, run folder, export folder or Hub model repo (``org/name``, at
+        ``revision``); ``kwargs``: :class:`LabelApp`'s options."""
+        return cls(USISPipeline.from_pretrained(resolve_checkpoint(path), device=device, revision=revision), **kwargs)
 
     # ------------------------------------------------------------------------------ starting maps
 
@@ -449,8 +453,15 @@ class LabelApp:
         return " · ".join([f"seed {shot.seed}", *(f"{self.names[c]}: seed {s}" for c, s in shot.regions)])
 
     def save(self, ids: np.ndarray, images: list[Image.Image], shots: list[Shot]) -> list[Path]:
-        """Write the images, the label map (ids and colours) and a zip of them; returns the paths."""
-        folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))  # this request's own folder
+        """Write the images, the label map (ids and colours) and a zip of them; returns the paths. On a full
+        disk nothing of them is left and a :class:`~usis.errors.DiskFullError` says so (the page still shows
+        the images: :meth:`build`)."""
+        try:
+            folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))  # this request's own folder
+        except OSError as e:
+            if disk_full_cause(e) is None:
+                raise
+            raise self._downloads_full(e, self.tmp_dir) from e
         try:
             paths = [folder / "label_ids.png", folder / "label_color.png"]
             label_png(ids, self.num_classes).save(paths[0])
@@ -465,11 +476,19 @@ class LabelApp:
                     z.write(p, p.name)
             paths.append(folder / "usis_app.zip")
             paths[-1].write_bytes(buf.getvalue())
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(e, Exception) and disk_full_cause(e) is not None:
+                raise self._downloads_full(e, folder) from e
             raise
         self._keep_newest(folder)
         return paths
+
+    def _downloads_full(self, e: Exception, folder: Path) -> DiskFullError:
+        """The one message for downloads that met a full disk (``e``: the failed write)."""
+        return disk_full_error(e, folder, for_what=" for the downloads",
+                               hint="the images are shown but cannot be downloaded; free some space there (or set "
+                                    "TMPDIR to another disk before starting usis app) and generate again")
 
     def _keep_newest(self, folder: Path) -> None:
         """Remember ``folder`` and delete the folders of generations older than the newest :attr:`keep`
@@ -526,7 +545,7 @@ class LabelApp:
         # Gradio's own cache (the images the page shows, copies of the downloads, uploads): files over an
         # hour old are deleted every 10 minutes
         with gr.Blocks(title="usis app", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-            gr.Markdown(f"## usis: paint a label map, get photos\nModel `{p.source}` (step {p.step}): "
+            gr.Markdown(f"## usis: paint a label map, get photos\nModel `{p.hub or p.source}` (step {p.step}): "
                         f"{p.num_classes} classes, {h}x{w} images (height x width).")
             base = gr.State(start)
             shots = gr.State([])
@@ -608,10 +627,14 @@ class LabelApp:
                 t0 = time.perf_counter()
                 images = self.generate(ids, shot_list, bool(use_local))
                 dt = time.perf_counter() - t0
-                paths = self.save(ids, images, shot_list)
+                msg = f"{note} in {dt:.2f} s ({dt / len(images):.3f} s per image on {p.device.type})"
+                try:
+                    paths = self.save(ids, images, shot_list)
+                except DiskFullError as e:  # the images are made: show them, say why there are no downloads
+                    paths, msg = [], f"error: {e}"
+                    gr.Warning(msg)
                 gal = [(img, self.caption(s)) for img, s in zip(images, shot_list, strict=True)]
                 sel = None if which == ALL else int(which.split()[-1]) - 1
-                msg = f"{note} in {dt:.2f} s ({dt / len(images):.3f} s per image on {p.device.type})"
                 return (self.render(ids), gr.update(value=gal, selected_index=sel), shot_list, which,
                         [str(x) for x in paths], msg)
 
@@ -733,8 +756,9 @@ def _gradio():
     return gr
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """``--checkpoint`` or, without it, ``runs/demo`` (what ``make demo`` writes)."""
+def resolve_checkpoint(path: str | Path | None) -> Path | str:
+    """``--checkpoint`` or, without it, ``runs/demo`` (what ``make demo`` writes). A Hub model repo
+    (``org/name`` that is no local path) is returned as it is: ``USISPipeline.from_pretrained`` fetches it."""
     if path is None:
         if DEFAULT_RUN.is_dir() and find_checkpoint(DEFAULT_RUN) is not None:
             return DEFAULT_RUN
@@ -742,8 +766,11 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
                               f"no model: {DEFAULT_RUN} has no checkpoint yet; " + NO_MODEL.removeprefix("no model: "))
     p = Path(path).expanduser()
     if not p.exists():
+        if is_hub_name(path):
+            return str(path)
         raise CheckpointError(f"--checkpoint {p}: no such file or folder; pass a training checkpoint "
-                              "(RUN/checkpoints/latest.pt), a run folder or a folder written by `usis export`")
+                              "(RUN/checkpoints/latest.pt), a run folder, a folder written by `usis export`, or a "
+                              "Hugging Face Hub model repo (org/name)")
     return p
 
 
@@ -805,7 +832,7 @@ def app_credentials(host: str, auth: str | None = None, auth_file: str | Path | 
 
 def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           block: bool = True, auth: str | None = None, auth_file: str | Path | None = None,
-          open_network: bool = False, concurrency: int = 1):
+          open_network: bool = False, concurrency: int = 1, revision: str | None = None):
     """``usis app``: check the login (:func:`app_credentials`), load the model, build the page and serve it
     on ``host:port``, ``concurrency`` generations at a time. With ``block=False`` returns the running
     ``gr.Blocks`` (``.close()`` stops it)."""
@@ -814,11 +841,11 @@ def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: i
         raise ConfigError(f"--concurrency {concurrency}: run at least 1 generation at a time (1 suits one model)")
     path = resolve_checkpoint(checkpoint)
     _gradio()  # before loading the model: say at once that the extra is missing
-    app = LabelApp.from_checkpoint(path, device=device, concurrency=concurrency)
+    app = LabelApp.from_checkpoint(path, device=device, revision=revision, concurrency=concurrency)
     shown = socket.gethostname() if host.strip("[]") in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
     access = (f"login: {', '.join(u for u, _ in logins)}" if logins else
               "open to anyone who can reach it (--open)" if not is_loopback(host) else "this machine only")
-    print(f"usis app: {app.pipe.source} (step {app.pipe.step}), {app.num_classes} classes, "
+    print(f"usis app: {app.pipe.hub or app.pipe.source} (step {app.pipe.step}), {app.num_classes} classes, "
           f"{app.size[0]}x{app.size[1]} images; open http://{shown}:{port} ({access})", file=sys.stderr)
     return app.launch(host, port, block, auth=logins)

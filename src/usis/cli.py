@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from usis import config as C
@@ -25,6 +27,12 @@ def _add_config_args(p: argparse.ArgumentParser, preset_required: bool = True) -
 def _resolve(args) -> C.Config:
     cfg = C.apply_overrides(C.get_preset(args.preset), args.overrides)
     return cfg
+
+
+def _add_revision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", default=None,
+                   help="with --checkpoint org/name: the Hub repo's branch, tag or commit (default main); the cache is "
+                        "$HF_HUB_CACHE (~/.cache/huggingface/hub), HF_HUB_OFFLINE=1 reads it only")
 
 
 # ---------------------------------------------------------------------------------------------- info
@@ -97,6 +105,7 @@ def cmd_train(args) -> int:
         return 3 if summary.get("diverged") else 2 if summary.get("disk_full") else 0
     if summary.get("diverged"):
         print(f"error: {summary['diverged']}", file=sys.stderr)
+        report_to_torchrun(f"error: {summary['diverged']}")
         return 3
     print(f"checkpoint: {ckpt_path} (step {summary['step']})", file=sys.stderr)
     print(f"samples:    {out / 'samples'}", file=sys.stderr)
@@ -125,7 +134,7 @@ def cmd_generate(args) -> int:
     from usis.generate import GenerateError, generate_from_files, load_generator
     from usis.utils.device import resolve_device
 
-    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"))
+    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"), revision=args.revision)
     if args.num_classes is not None and args.num_classes != gen.num_classes:
         raise GenerateError(f"--num-classes {args.num_classes}: this generator was trained with {gen.num_classes} "
                             f"classes (ids 0..{gen.num_classes - 1}) and accepts no other count; use label maps of "
@@ -140,9 +149,18 @@ def cmd_generate(args) -> int:
 
 def cmd_export(args) -> int:
     from usis.generate import export_generator
+    from usis.hub import HUB_FILES, HubError, is_hub_name, push_export
 
-    weights, cfg_path = export_generator(args.checkpoint, args.out)
-    print(f"wrote {weights} and {cfg_path}", file=sys.stderr)
+    if args.private and not args.push_to_hub:
+        raise HubError("--private: it makes the repo that --push-to-hub creates private; add --push-to-hub org/name")
+    if args.push_to_hub and not is_hub_name(args.push_to_hub):  # before anything is written
+        raise HubError(f"--push-to-hub {args.push_to_hub}: give the repo as org/name (your user or organisation, a "
+                       "slash, the model's name: letters, digits, '-', '_' or '.')")
+    weights, cfg_path, card = export_generator(args.checkpoint, args.out, repo_id=args.push_to_hub)
+    print(f"wrote {weights}, {cfg_path.name} and {card.name} (the model card)", file=sys.stderr)
+    if args.push_to_hub:
+        url = push_export(args.out, args.push_to_hub, private=args.private)
+        print(f"pushed {', '.join(HUB_FILES)} to {url}", file=sys.stderr)
     return 0
 
 
@@ -153,7 +171,8 @@ def cmd_evaluate(args) -> int:
                               segmenter_path=args.segmenter_path, segmenter_mapping=args.segmenter_mapping,
                               fid_weights=args.fid_weights, num_images=args.num_images, overrides=args.overrides,
                               device=args.device, seed=args.seed, batch_size=args.batch_size,
-                              msssim_maps=args.msssim_maps, msssim_samples=args.msssim_samples)
+                              msssim_maps=args.msssim_maps, msssim_samples=args.msssim_samples,
+                              revision=args.revision)
     for k, v in out["results"].items():
         print(f"{k:>15}: {v:.4f}" if isinstance(v, float) else f"{k:>15}: {v}")
     print(f"report: {out['report_md']} ({out['report_json'].name})", file=sys.stderr)
@@ -170,7 +189,7 @@ def cmd_synthesize(args) -> int:
     from usis.utils.device import resolve_device
 
     check_filter(args.keep, args.min_score)
-    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"))
+    gen = load_generator(args.checkpoint, resolve_device(args.device, setting="--device"), revision=args.revision)
     scorer, note = make_scorer(gen, args.segmenter, args.segmenter_path, args.segmenter_mapping,
                                required=args.keep is not None or args.min_score is not None)
     measure = None
@@ -185,8 +204,8 @@ def cmd_synthesize(args) -> int:
     print(f"{s.kept} of {s.pairs} pairs in {s.out}/images and {s.out}/labels ({made}; "
           f"{s.pairs - s.kept} rejected, listed in manifest.jsonl only)" if s.kept != s.pairs else
           f"{s.pairs} pairs in {s.out}/images and {s.out}/labels ({made})", file=sys.stderr)
-    print(f"manifest: {s.out / 'manifest.jsonl'} (scores: {s.scorer or 'none'}); classes: {s.out / 'classes.json'}",
-          file=sys.stderr)
+    print(f"manifest: {s.out / 'manifest.jsonl'} (scores: {s.scorer or 'none'}); classes: {s.out / 'classes.json'}; "
+          f"card: {s.out / 'README.md'}", file=sys.stderr)
     print(f"check it: {s.check_command}", file=sys.stderr)
     return 0
 
@@ -198,7 +217,7 @@ def cmd_app(args) -> int:
     from usis.app import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, auth=args.auth,
-          auth_file=args.auth_file, open_network=args.open, concurrency=args.concurrency)
+          auth_file=args.auth_file, open_network=args.open, concurrency=args.concurrency, revision=args.revision)
     return 0
 
 
@@ -237,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_data_check)
 
     pg = sub.add_parser("generate", help="turn label maps into images with a trained generator")
-    pg.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or a `usis export` folder")
+    pg.add_argument("--checkpoint", required=True,
+                    help="training checkpoint (.pt), a `usis export` folder, or a Hugging Face Hub model repo org/name")
+    _add_revision_arg(pg)
     pg.add_argument("--labels", required=True, help="a label PNG (class ids) or a folder of them")
     pg.add_argument("--out", required=True, help="output folder: <stem>_seed<S>.png per image")
     pg.add_argument("--n", type=int, default=4, help="images per label map (seeds S..S+n-1)")
@@ -252,11 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     px = sub.add_parser("export", help="write the EMA generator as safetensors + config.json")
     px.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or run folder")
-    px.add_argument("--out", required=True, help="output folder (generator.safetensors, config.json)")
+    px.add_argument("--out", required=True, help="output folder (generator.safetensors, config.json, README.md: the "
+                                                 "model card)")
+    px.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                    help="then upload the folder's three files (nothing else) to this Hugging Face Hub model repo, "
+                         "created if needed (log in first: hf auth login, or set HF_TOKEN)")
+    px.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     px.set_defaults(func=cmd_export)
 
     pe = sub.add_parser("evaluate", help="FID / KID / mIoU / MS-SSIM of a checkpoint; writes report.json + .md")
-    pe.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or a `usis export` folder")
+    pe.add_argument("--checkpoint", required=True,
+                    help="training checkpoint (.pt), a `usis export` folder, or a Hugging Face Hub model repo org/name")
+    _add_revision_arg(pe)
     pe.add_argument("--out", required=True, help="report folder")
     pe.add_argument("--metrics", default=None,
                     help="comma list of fid, kid, miou, msssim, c2st (a classifier two-sample test of realism, "
@@ -282,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("synthesize", help="make a labelled dataset (images/ + labels/ + a scored manifest) from "
                                            "label maps")
     ps.add_argument("--checkpoint", required=True,
-                    help="training checkpoint (.pt) or run folder (its S scores the pairs), or a `usis export` folder")
+                    help="training checkpoint (.pt) or run folder (its S scores the pairs), a `usis export` folder, "
+                         "or a Hugging Face Hub model repo org/name")
+    _add_revision_arg(ps)
     ps.add_argument("--labels", required=True, help="a folder of label PNGs (class ids; sub-folders are kept) or one")
     ps.add_argument("--out", required=True, help="dataset folder: images/, labels/, classes.json, manifest.jsonl; "
                                                  "rerun the same command to resume")
@@ -325,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("app", help="paint label maps and turn them into images in a browser (pip install 'usis[app]')")
     pa.add_argument("--checkpoint", default=None,
-                    help="training checkpoint (.pt), run folder or `usis export` folder (default: runs/demo)")
+                    help="training checkpoint (.pt), run folder, `usis export` folder or Hugging Face Hub model repo "
+                         "org/name (default: runs/demo)")
+    _add_revision_arg(pa)
     pa.add_argument("--host", default="127.0.0.1",
                     help="address to serve on (0.0.0.0: every interface; beyond 127.0.0.1 / localhost it needs a "
                          "login or --open)")
@@ -354,7 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UsisError as e:  # every error a user can cause: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
+        report_to_torchrun(f"error: {e}")
         return 2
+
+
+def report_to_torchrun(message: str) -> None:
+    """Under torchrun, hand this process's ``error:`` line to its agent (the JSON file torch's elastic agent
+    names in ``$TORCHELASTIC_ERROR_FILE``), so that the agent's report of the failed rank shows it as the
+    root cause instead of a link to its documentation. The agent's own traceback (a ``ChildFailedError``
+    raised in the torchrun process after this one has exited) cannot be switched off from here: README,
+    "Several processes". Elsewhere: nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(record))
+    except OSError:  # the report is a courtesy: the error line is on stderr already
+        pass
 
 
 def entry() -> None:

@@ -36,7 +36,7 @@ from torch import Tensor
 from usis.config import Config, apply_overrides
 from usis.data import build_datasets
 from usis.data.datasets import label_set
-from usis.errors import EvaluateError
+from usis.errors import DiskFullError, EvaluateError
 from usis.generate import LoadedGenerator, generate_images, load_generator
 from usis.metrics.c2st import as_written, chance_spread, classifier_two_sample_test
 from usis.metrics.diversity import msssim_diversity
@@ -52,6 +52,7 @@ from usis.metrics.report import write_report
 from usis.metrics.scoring import evaluation_tools
 from usis.utils.device import resolve_device
 from usis.utils.images import colorize_tensor, save_grid
+from usis.utils.io import disk_full_cause, disk_full_error
 
 # ------------------------------------------------------------------------------------------- evaluate
 
@@ -80,17 +81,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
                         fid_weights: str | None = None, num_images: int | None = None,
                         overrides: list[str] | None = None, device: str = "auto", seed: int = 0,
                         batch_size: int | None = None, msssim_maps: int = 50, msssim_samples: int = 20,
-                        log: Callable[[str], None] = _log) -> dict[str, Any]:
+                        log: Callable[[str], None] = _log, revision: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint (or export folder) on its validation split; write ``report.json`` / ``report.md``.
 
     ``metrics``: comma list of ``fid``, ``kid``, ``miou``, ``msssim`` (``sfid`` on the synthetic preset);
     default: the run's ``eval.metrics`` (plus ``miou`` when a ``segmenter`` is given).
     ``num_images``: validation label maps (and photos) used; default ``eval.num_images``, 0 = all.
     ``overrides``: ``--set`` strings applied to the run's config (``data.root=...``; not ``model.*``).
+    ``revision``: for a Hub model (``org/name``), its branch, tag or commit.
     Returns ``{"results", "per_class", "meta", "report_json", "report_md"}``.
     """
     dev = resolve_device(device, setting="--device")
-    gen = load_generator(checkpoint, dev)
+    gen = load_generator(checkpoint, dev, revision=revision)
     cfg = _eval_config(gen, overrides)
     if fid_weights:
         cfg.eval.fid_weights = fid_weights
@@ -175,8 +177,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         meta.update(msssim_maps=min(msssim_maps, n), msssim_samples=msssim_samples)
 
     results = {k: results[k] for k in RESULT_ORDER if k in results}
+    try:  # the report first: on a full disk the measured numbers are what must not be lost
+        json_path, md_path = write_report(out_dir, kind, results, per_class, meta)
+    except DiskFullError as e:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
+        raise DiskFullError(f"{e}; the results were: {shown}", e.path, e.free, e.needed, e.errno) from e
     _save_preview(out_dir, preview, preview_labels, val, n_real, cfg)
-    json_path, md_path = write_report(out_dir, kind, results, per_class, meta)
     return {"results": results, "per_class": per_class, "meta": meta, "report_json": json_path,
             "report_md": md_path}
 
@@ -194,11 +200,23 @@ def _msssim(gen: LoadedGenerator, labels_ds, maps: int, samples: int, first_seed
 
 def _save_preview(out_dir, preview: list[Tensor], preview_labels: list[Tensor], val, n_real: int,
                   cfg: Config) -> None:
-    """``samples.png``: label | generated | a real photo, for the first (up to 8) label maps."""
+    """``samples.png``: label | generated | a real photo, for the first (up to 8) label maps. Written after the
+    report: a full disk here is one :class:`~usis.errors.DiskFullError` that says the report is there."""
     if not preview:
         return
     fake = torch.cat(preview)[:8]
     labels = torch.cat(preview_labels)[:8]
     real = torch.stack([val.photos[i]["image"] for i in range(min(len(fake), n_real))])
     _, palette = label_set(cfg)
-    save_grid([colorize_tensor(labels, palette), fake, real], Path(out_dir) / "samples.png")
+    path = Path(out_dir) / "samples.png"
+    existed = path.exists()
+    try:
+        save_grid([colorize_tensor(labels, palette), fake, real], path)
+    except Exception as e:
+        if disk_full_cause(e) is None:
+            raise
+        if not existed:
+            path.unlink(missing_ok=True)  # no torn PNG
+        raise disk_full_error(e, path, 3 * int(fake[0].numel()) * len(fake),
+                              hint=f"the report was written ({path.parent / 'report.json'}, report.md); samples.png "
+                                   "is only its preview: free some space and evaluate again for it") from e

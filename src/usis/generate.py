@@ -4,8 +4,11 @@ A generator comes from either
 
 * a training checkpoint (``RUN/checkpoints/latest.pt`` or ``best.pt``, or the run folder itself): the
   EMA generator ``G_ema`` and the run config are taken from it; or
-* an exported folder (:func:`export_generator`): ``generator.safetensors`` (the ``G_ema`` state dict)
-  and ``config.json`` (the run config plus ``"format": "usis-generator"`` and ``"step"``).
+* an exported folder (:func:`export_generator`): ``generator.safetensors`` (the ``G_ema`` state dict),
+  ``config.json`` (the run config plus ``"format": "usis-generator"``, ``"step"`` and the run's evaluation
+  records) and ``README.md`` (its model card, :mod:`usis.cards`); or
+* a model repo on the Hugging Face Hub, ``org/name``, which holds an export folder (:mod:`usis.hub`: fetched
+  into huggingface_hub's cache; a local path of the same name wins).
 
 The generator always runs in eval mode with the batch-norm statistics stored with it (nothing is
 refreshed), so an image depends only on its label map and its noise seed.
@@ -18,6 +21,8 @@ region, so two regions of different classes vary independently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,14 +35,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from usis.cards import model_card
 from usis.checkpoint import find_checkpoint, load_checkpoint
 from usis.config import Config, ConfigError
 from usis.data.datasets import LABEL_EXTS, LOSSY_EXTS, label_array, label_set, open_image, remap_coco
 from usis.errors import CheckpointError, DatasetError, GenerateError
+from usis.hub import resolve_model
+from usis.metrics.protocol import METRICS, new_best
 from usis.nn.build import build_generator
 from usis.nn.generator import BaseGenerator, one_hot_labels
 from usis.nn.noise import seeded_noise
-from usis.nn.pretrained import CONFIG_NAME, load_state, read_weights
+from usis.nn.pretrained import CARD_NAME, CONFIG_NAME, load_state, read_weights
 from usis.utils.images import colorize as colorize_labels
 from usis.utils.images import save_image
 from usis.utils.io import disk_full_cause, disk_full_error
@@ -56,8 +64,10 @@ class LoadedGenerator:
     G: BaseGenerator
     cfg: Config
     step: int
-    source: str  # the checkpoint file or export folder it came from
+    source: str  # the checkpoint file or export folder it came from (a Hub model: its folder in the cache)
     device: torch.device
+    evaluation: dict[str, Any] | None = None  # the run's records of it (:func:`recorded_evaluation`)
+    hub: str | None = None  # ``org/name@<commit>`` for a model from the Hugging Face Hub
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +82,9 @@ def _is_export_dir(path: Path) -> bool:
     return path.is_dir() and (path / EXPORT_WEIGHTS).is_file()
 
 
-def _load_export(path: Path) -> tuple[BaseGenerator | None, dict[str, Any], int, str]:
-    """An export folder (or its ``generator.safetensors``): the generator, the run config, the step."""
+def _load_export(path: Path) -> tuple[BaseGenerator | None, dict[str, Any], int, str, dict[str, Any] | None]:
+    """An export folder (or its ``generator.safetensors``): the generator, the run config, the step, the
+    source, the run's evaluation records (written by :func:`save_export`; None in older exports)."""
     folder = path if path.is_dir() else path.parent
     meta = BaseGenerator.read_pretrained_config(folder)
     if "config" in meta:  # save_pretrained's layout: the generator's own config, the run's under "run"
@@ -85,37 +96,72 @@ def _load_export(path: Path) -> tuple[BaseGenerator | None, dict[str, Any], int,
     else:  # exports written before save_pretrained: the run config at the top level
         run = {k: v for k, v in meta.items() if k not in ("format", "step", "source", "version")}
         G = None
-    return G, run, int(meta.get("step", 0)), str(path)
+    evaluation = meta.get("evaluation") if isinstance(meta.get("evaluation"), dict) else None
+    return G, run, int(meta.get("step", 0)), str(path), evaluation
 
 
-def _read_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int, str]:
+def _read_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int, str,
+                                                   dict[str, Any] | None]:
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "G_ema" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a usis training checkpoint (no 'G_ema' / 'config' entries); pass "
                               "RUN/checkpoints/latest.pt (or best.pt), or a folder written by `usis export`")
-    return state["G_ema"], state["config"], int(state.get("step", 0)), str(find_checkpoint(path))
+    found = find_checkpoint(path)
+    step = int(state.get("step", 0))
+    cfg = state["config"]
+    tracked = cfg.get("eval", {}).get("best_metric") if isinstance(cfg, dict) else None
+    return state["G_ema"], cfg, step, str(found), recorded_evaluation(found, step, tracked)
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """Load the EMA generator from a training checkpoint, a run folder or an export folder.
+def recorded_evaluation(checkpoint: Path, step: int, tracked: str | None) -> dict[str, Any] | None:
+    """What a training run recorded about the generator of its checkpoint ``checkpoint`` at ``step``, from
+    the run folder's ``metrics.jsonl``: the periodic evaluation of that step (its last record of it, without
+    ``"step"``) and the best record of the ``tracked`` metric (``eval.best_metric``, what ``best.pt``
+    follows) up to that step, ``{metric: value, "step": s}``; as ``{"step", "metrics", "best"}``, or None
+    when the run recorded nothing. The model card shows them; later records of the run do not change them."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    metrics, best = None, None
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a full disk: the others still count
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+                continue
+            if record["step"] == step:
+                metrics = {k: v for k, v in record.items() if k != "step"}
+            if tracked in METRICS and METRICS[tracked][1] is not None:
+                best = new_best(best or {}, tracked, record, record["step"]) or best
+    if metrics is None and best is None:
+        return None
+    return {"step": step, "metrics": metrics, "best": best}
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> LoadedGenerator:
+    """Load the EMA generator from a training checkpoint, a run folder, an export folder, or a model repo
+    ``org/name`` on the Hugging Face Hub (:func:`usis.hub.resolve_model`: a local path wins; ``revision``,
+    ``cache_dir`` and ``token`` apply to the Hub).
 
     Returns it in eval mode on ``device`` with the run's :class:`Config`.
     """
-    path = Path(path).expanduser()
+    path, hub = resolve_model(path, revision, cache_dir, token)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist; pass a training checkpoint (RUN/checkpoints/latest.pt) or "
-                              "a folder written by `usis export`")
+        raise CheckpointError(f"{path} does not exist; pass a training checkpoint (RUN/checkpoints/latest.pt), a "
+                              "folder written by `usis export`, or a model repo on the Hugging Face Hub (org/name)")
     if path.is_dir() and not _is_export_dir(path) and find_checkpoint(path) is None:
         raise CheckpointError(f"{path} is a folder without {EXPORT_WEIGHTS} (an export) or checkpoints/latest.pt "
                               "(a training run); pass the checkpoint file or the export folder")
     state = None
     if _is_export_dir(path) or path.suffix == ".safetensors":
-        G, cfg_dict, step, source = _load_export(path)
+        G, cfg_dict, step, source, evaluation = _load_export(path)
         if G is None:  # an export of the earlier layout
             state = read_weights(path / EXPORT_WEIGHTS if path.is_dir() else path)
     else:
         G = None
-        state, cfg_dict, step, source = _read_training_checkpoint(path)
+        state, cfg_dict, step, source, evaluation = _read_training_checkpoint(path)
     try:
         cfg = Config.from_dict(cfg_dict).sync()
     except (ConfigError, TypeError) as e:
@@ -125,19 +171,46 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         load_state(G, state, source)
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     G.to(dev).eval().requires_grad_(False)
-    return LoadedGenerator(G=G, cfg=cfg, step=step, source=source, device=dev)
+    return LoadedGenerator(G=G, cfg=cfg, step=step, source=source, device=dev, evaluation=evaluation, hub=hub)
 
 
 # -------------------------------------------------------------------------------------------- export
 
 
-def export_generator(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """``usis export``: the EMA generator's :meth:`~usis.nn.pretrained.Pretrained.save_pretrained` folder,
-    ``out_dir/generator.safetensors`` and ``out_dir/config.json`` (the generator's own config, plus the
-    training run's config under ``"run"``, its ``"step"`` and ``"source"``). Returns the two paths."""
+def export_generator(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                     repo_id: str | None = None) -> tuple[Path, Path, Path]:
+    """``usis export``: :func:`save_export` of the EMA generator of ``checkpoint`` (a training checkpoint,
+    run folder or export) into ``out_dir``; ``repo_id``: the Hub repo it will be pushed to (its card's
+    examples name it). Returns the paths of the weights, the config and the model card."""
     gen = load_generator(checkpoint, "cpu")
-    out = gen.G.save_pretrained(out_dir, metadata={"run": gen.cfg.to_dict(), "step": gen.step, "source": gen.source})
-    return out / EXPORT_WEIGHTS, out / EXPORT_CONFIG
+    out = save_export(gen.G, gen.cfg, gen.step, gen.hub or gen.source, gen.evaluation, out_dir, repo_id)
+    return out / EXPORT_WEIGHTS, out / EXPORT_CONFIG, out / CARD_NAME
+
+
+def save_export(G: BaseGenerator, cfg: Config, step: int, source: str, evaluation: dict[str, Any] | None,
+                out_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
+    """An export folder (``usis export`` and ``USISPipeline.save_pretrained``, one definition): the
+    generator's :meth:`~usis.nn.pretrained.Pretrained.save_pretrained` files, ``generator.safetensors`` and
+    ``config.json`` (the generator's own config, plus the training run's config under ``"run"``, its
+    ``"step"``, ``"source"`` and ``"evaluation"``: the run's records, :func:`recorded_evaluation`), and the
+    model card ``README.md`` (:func:`usis.cards.model_card`). The same generator and records give the same
+    bytes. Returns the folder."""
+    card = model_card(cfg, type(G).__name__, sum(p.numel() for p in G.parameters()), step, generator_digest(G),
+                      evaluation, repo_id)
+    metadata: dict[str, Any] = {"run": cfg.to_dict(), "step": step, "source": source}
+    if evaluation is not None:
+        metadata["evaluation"] = evaluation
+    return G.save_pretrained(out_dir, metadata=metadata, card=card)
+
+
+def generator_digest(G: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of the generator's weights: what identifies it in a model card and in a
+    synthesized dataset's ``synthesize.json`` (a resumed ``usis synthesize`` must generate with the same)."""
+    h = hashlib.sha256()
+    for k, v in sorted(G.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # -------------------------------------------------------------------------------------------- images

@@ -2,7 +2,7 @@
 
     from usis import USISPipeline
 
-    pipe = USISPipeline.from_pretrained("exported/")    # an export folder, a checkpoint, or a run folder
+    pipe = USISPipeline.from_pretrained("exported/")    # an export folder, a checkpoint, a run folder, org/name
     images = pipe(label_map, seeds=[0, 1, 2])            # -> three PIL images
 
 ``label_map``: class ids as a PIL image (index ``P`` or grayscale ``L`` / ``I`` mode), a numpy array or a
@@ -21,6 +21,7 @@ size, score, kept), with the code of ``usis synthesize`` (:mod:`usis.synthesis`)
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,15 @@ from PIL import Image
 from usis.config import Config
 from usis.data.datasets import label_set
 from usis.errors import GenerateError
-from usis.generate import generate_images, ids_outside, image_label_ids, load_generator, resize_nearest
+from usis.generate import (
+    generate_images,
+    ids_outside,
+    image_label_ids,
+    load_generator,
+    resize_nearest,
+    save_export,
+)
+from usis.hub import push_export
 from usis.nn.generator import BaseGenerator
 from usis.synthesis import (
     FILTER_MARGIN,
@@ -74,29 +83,48 @@ class USISPipeline:
     palette: list[tuple[int, int, int]]
     step: int = 0
     source: str = ""
+    evaluation: dict[str, Any] | None = None  # the training run's records of it (shown in its model card)
+    hub: str | None = None  # org/name@<commit> when it came from the Hugging Face Hub
     _own_segmenter: Any = field(default=None, repr=False)  # S from the checkpoint, loaded on first use
 
     # ---------------------------------------------------------------------------------- construction
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        dtype: torch.dtype = torch.float32) -> USISPipeline:
+                        dtype: torch.dtype = torch.float32, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> USISPipeline:
         """Load from a folder written by ``usis export`` / :meth:`save_pretrained`, a training checkpoint
-        (``RUN/checkpoints/latest.pt`` or ``best.pt``: its EMA generator) or a run folder.
+        (``RUN/checkpoints/latest.pt`` or ``best.pt``: its EMA generator), a run folder, or a model repo on the
+        Hugging Face Hub (``"org/name"``: :mod:`usis.hub`; a local path of the same name wins).
 
         ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. ``dtype``: the generator's
-        floating-point type (``torch.float16`` / ``torch.bfloat16`` halve memory on a GPU).
+        floating-point type (``torch.float16`` / ``torch.bfloat16`` halve memory on a GPU). For a Hub repo:
+        ``revision`` (a branch, tag or commit; default ``main``), ``cache_dir`` (default huggingface_hub's cache,
+        ``$HF_HUB_CACHE``) and ``token`` (default: the login of ``hf auth login`` or ``$HF_TOKEN``);
+        ``HF_HUB_OFFLINE=1`` reads the cache only.
         """
-        gen = load_generator(path, "cpu")
+        gen = load_generator(path, "cpu", revision=revision, cache_dir=cache_dir, token=token)
         names, palette = label_set(gen.cfg)
         pipe = cls(generator=gen.G, config=gen.cfg, class_names=list(names), palette=[tuple(c) for c in palette],
-                   step=gen.step, source=gen.source)
+                   step=gen.step, source=gen.source, evaluation=gen.evaluation, hub=gen.hub)
         return pipe.to(device, dtype)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the pipeline as ``usis export`` does (``generator.safetensors`` + ``config.json``)."""
-        return self.generator.save_pretrained(directory, metadata={"run": self.config.to_dict(), "step": self.step,
-                                                                   "source": self.source})
+    def save_pretrained(self, directory: str | os.PathLike, repo_id: str | None = None) -> Path:
+        """Write the pipeline as ``usis export`` does (:func:`usis.generate.save_export`:
+        ``generator.safetensors``, ``config.json`` and the model card ``README.md``); ``repo_id``: the Hub
+        repo it is meant for (the card's loading examples name it). Returns the folder."""
+        return save_export(self.generator, self.config, self.step, self.hub or self.source, self.evaluation,
+                           directory, repo_id)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | bool | None = None,
+                    commit_message: str | None = None) -> str:
+        """Upload the pipeline to the Hugging Face Hub as the model repo ``repo_id`` (``org/name``; created if
+        needed, ``private`` then): what :meth:`save_pretrained` writes (the generator's weights, its config,
+        its model card) and nothing else, in one commit (:func:`usis.hub.push_export`). Needs a login
+        (``hf auth login`` or ``$HF_TOKEN``) that may write there. Returns the repo's URL."""
+        with tempfile.TemporaryDirectory(prefix="usis-push-") as folder:
+            self.save_pretrained(folder, repo_id=repo_id)
+            return push_export(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> USISPipeline:
         """Move the generator to ``device`` and/or cast it to ``dtype``; returns the pipeline."""

@@ -12,6 +12,9 @@ A folder of label maps (read as ``usis generate`` reads them) becomes::
                                              ignored fraction per class, the map's hardness and pair count)
     OUT/synthesize.json                      what made it (generator, scorer, arguments) and the counts
     OUT/class_losses.json                    with --pixel-filter / --resample: the class means (cached)
+    OUT/README.md                            the dataset card (Hugging Face Hub metadata; the generator, the
+                                             counts, the filters, the layout and how loaders read it;
+                                             :func:`usis.cards.dataset_card`), written with the manifest
 
 Seeds. Pair ``k`` of a map has the seed :func:`usis.synthesis.pair_seed` derives from ``--seed``, the map's path
 relative to ``--labels`` and ``k``: every map gets noise of its own, so the dataset has the generator's
@@ -45,7 +48,6 @@ uninterrupted run, byte for byte. A rerun with another ``keep`` / ``min_score`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -61,18 +63,23 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from usis.cards import dataset_card
 from usis.config import Config
 from usis.data.datasets import label_png, label_set
 from usis.errors import GenerateError
 from usis.generate import (
+    EXPORT_WEIGHTS,
     LoadedGenerator,
     check_label_maps,
+    generator_digest,
     list_label_files,
     load_label_map,
     no_noise_note,
     output_stems,
     resize_note,
 )
+from usis.hub import HUB_URL
+from usis.nn.pretrained import CARD_NAME
 from usis.synthesis import (
     FILTER_MARGIN,
     PixelFilter,
@@ -191,15 +198,6 @@ def cached_class_means(out: Path, losses: PixelLosses, real: RealPairs, num_clas
 # --------------------------------------------------------------------------------------- the folder
 
 
-def generator_digest(G: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of the generator's weights: what a resumed run must generate with."""
-    h = hashlib.sha256()
-    for k, v in sorted(G.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def classes_entry(cfg: Config) -> dict[str, Any]:
     names, palette = label_set(cfg)
     k = cfg.model.num_classes
@@ -296,6 +294,19 @@ def _check_out(out: Path, identity: dict[str, Any]) -> None:
                             "of that folder to resume it, or choose a new --out")
 
 
+def generator_facts(gen: LoadedGenerator) -> dict[str, str | None]:
+    """What the dataset card says of the generator: where it was loaded from, its Hub reference, and where its
+    model card is (the Hub page; an export folder's ``README.md``; a training checkpoint has none)."""
+    card = None
+    source = Path(gen.source)
+    folder = source if source.is_dir() else source.parent
+    if gen.hub is not None:
+        card = f"{HUB_URL}/{gen.hub.split('@')[0]}"
+    elif (folder / CARD_NAME).is_file() and (folder / EXPORT_WEIGHTS).is_file():
+        card = str((folder / CARD_NAME).resolve())
+    return {"source": str(source.resolve()) if gen.hub is None else gen.source, "hub": gen.hub, "card": card}
+
+
 def _check_command(out: Path, gen: LoadedGenerator, kept: int) -> str:
     h, w = gen.size
     parts = ["usis data check --preset folder", f"--set data.labels={out / 'labels'}",
@@ -381,7 +392,8 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
         atomic_write(out / SETTINGS, _json({**settings, "complete": False}))
     k = gen.num_classes
     ignored_as = ignore_id(gen.cfg)
-    _write_if_changed(out / CLASSES, _json({**classes_entry(gen.cfg), "ignore_id": ignored_as}))
+    classes = {**classes_entry(gen.cfg), "ignore_id": ignored_as}
+    _write_if_changed(out / CLASSES, _json(classes))
     if means_new:
         atomic_write(out / CLASS_LOSSES, _json({"segmenter": losses.identity, "segmenter_name": losses.name,
                                                 "real": real.identity, "real_pairs": real.count,
@@ -485,7 +497,10 @@ def synthesize_folder(gen: LoadedGenerator, labels: str | os.PathLike, out: str 
         lines.append(json.dumps(entry) + "\n")
     _write_if_changed(out / MANIFEST, "".join(lines))
     n_kept = sum(kept.values())
-    _write_if_changed(out / SETTINGS, _json({**settings, "complete": True, "pairs": len(jobs), "kept": n_kept}))
+    finished = {**settings, "complete": True, "pairs": len(jobs), "kept": n_kept}
+    _write_if_changed(out / SETTINGS, _json(finished))
+    means_record = None if measure is None else {"segmenter_name": losses.name, "real_pairs": real.count}
+    _write_if_changed(out / CARD_NAME, dataset_card(finished, classes, len(files), generator_facts(gen), means_record))
     if stage.exists():
         shutil.rmtree(stage)
     for d in (images_dir, labels_dir):  # folders emptied by a stricter selection

@@ -6,7 +6,8 @@ config, JSON data) and writes, into one folder,
 * ``<weights_name>``: the state dict as safetensors (parameters and buffers: BN statistics, spectral-norm
   vectors), and
 * ``config.json``: ``{"format": <format_name>, "version": 1, "class": <class name>, "config": {...}}`` plus
-  whatever ``metadata`` the caller adds (the export adds the training run's config and step).
+  whatever ``metadata`` the caller adds (the export adds the training run's config and step), and
+* ``README.md`` when the caller gives a model card (the export does: :mod:`usis.cards`).
 
 ``from_pretrained`` rebuilds the network from ``config`` and loads the weights strictly. Every problem
 (missing file, another class, a newer format, weights that do not fit) is a
@@ -30,6 +31,7 @@ from usis.errors import CheckpointError
 from usis.utils.io import atomic_write
 
 CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"  # a model card, as the Hugging Face Hub reads it
 FORMAT_VERSION = 1  # of config.json's layout; a newer file is refused with a clear message
 
 T = TypeVar("T", bound="Pretrained")
@@ -59,14 +61,18 @@ class Pretrained(nn.Module):
 
         cls.__init__ = recording_init
 
-    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``directory/<weights_name>`` and ``directory/config.json`` (atomically); returns the folder."""
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None,
+                        card: str | None = None) -> Path:
+        """Write ``directory/<weights_name>`` and ``directory/config.json`` (atomically), and with ``card``
+        (a model card's text: :mod:`usis.cards`) ``directory/README.md``; returns the folder."""
         out = Path(directory)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
         atomic_write(out / self.weights_name, save(tensors, metadata={"format": self.format_name}))
         meta = {"format": self.format_name, "version": FORMAT_VERSION, "class": type(self).__name__,
                 "config": self.config, **(metadata or {})}
         atomic_write(out / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if card is not None:
+            atomic_write(out / CARD_NAME, card)
         return out
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -50,6 +51,7 @@ from usis.train.samples import first_items, refresh_ema_batchnorm, write_grid
 from usis.train.schedule import Schedule
 from usis.train.speed import DivergenceCheck, Speed
 from usis.utils.device import resolve_device
+from usis.utils.io import atomic_write, disk_full_error
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -391,7 +393,7 @@ class Trainer:
         total = iters if iters is not None else t.iters
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(self.cfg.to_json())
+            self._write_config()
         summary: dict[str, Any] = {"start_step": self.step, "interrupted": False}
         t_start = time.time()
         try:
@@ -404,6 +406,19 @@ class Trainer:
         summary["seconds"] = time.time() - t_start
         self.log.flush()
         return summary
+
+    def _write_config(self) -> None:
+        """``config.json``, the run's resolved config, written as the run (or its resumption) starts; a full disk
+        is one message (:class:`~usis.errors.DiskFullError`) saying what is kept and how to go on."""
+        if checkpoint_path(self.out).is_file():
+            hint = (f"the checkpoints in {checkpoint_path(self.out).parent} are as they were; free some space "
+                    f"there, then resume with: usis train --out {shlex.quote(str(self.out))} --resume")
+        else:
+            hint = "no checkpoint was written yet; free some space there (or choose another --out) and start again"
+        try:
+            atomic_write(self.out / "config.json", self.cfg.to_json())
+        except DiskFullError as e:
+            raise disk_full_error(e, self.out / "config.json", hint=hint) from e
 
     def _read_losses_and_agree(self, *flags: bool) -> list[bool]:
         """Read the losses since the last read (one synchronisation with the device) and agree over the ranks

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from usis.data.synthetic import (
     DATA_VERSION,
@@ -23,6 +22,7 @@ from usis.data.synthetic import (
 )
 from usis.metrics.synthetic_eval.net import ARCH_VERSION, DECODER_WIDTH, EvalNet, work_size
 from usis.utils.io import default_cache_dir
+from usis.utils.progress import progress_bar
 
 EVAL_SEED = 20240607
 TRAIN_IMAGES = 800  # paired training photos at 64 x 128 (scaled down for larger sizes)
@@ -32,6 +32,7 @@ CROP = (64, 128)  # training crop (at most); larger images are seen through crop
 LR = 8e-3
 WEIGHT_POWER = 0.25  # class weights ~ frequency ** -WEIGHT_POWER ...
 WEIGHT_MAX = 4.0  # ... normalised to mean 1 and clamped
+PROGRESS_INTERVAL_S = 30.0  # stderr not a terminal: a plain progress line this often (training's default)
 
 
 def cache_key(height: int, width: int) -> str:
@@ -64,7 +65,8 @@ def fit_evalnet(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: in
     ``images`` (N x 3 x H x W in [-1, 1], on the CPU) and ``labels`` (N x H x W class ids): random ``crop``
     (height, width) crops of BATCH_SIZE images, horizontal flips, a mild gain / offset jitter, class-weighted
     cross entropy, AdamW with a one-cycle schedule. Returns the net (in training mode) and its last loss;
-    ``desc``: a progress bar.
+    ``desc``: a progress display on stderr (:func:`usis.utils.progress.progress_bar`: a tqdm bar in a
+    terminal, a plain line every :data:`PROGRESS_INTERVAL_S` seconds in a log file).
 
     ``mix=(n_first, k)``: every batch draws ``k`` of its images from the first ``n_first`` (say, real photos)
     and the rest from the others (default: uniformly from all). ``init``: start from a copy of this net's
@@ -83,7 +85,7 @@ def fit_evalnet(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: in
     net = net.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
-    bar = tqdm(total=steps, desc=desc, unit="step") if desc else None
+    bar = progress_bar(total=steps, desc=desc, interval_s=PROGRESS_INTERVAL_S) if desc else None
     for _ in range(steps):
         if mix is None:
             idx = torch.randint(n, (BATCH_SIZE,), generator=gen)
