@@ -215,6 +215,8 @@ def run_study(args) -> dict[str, dict[int, dict]]:
     few = min(args.few, args.maps)
     results: dict[str, dict[int, dict]] = {r: {} for r in ROWS}
     for i, ckpt in enumerate(args.checkpoints):
+        if args.only is not None and i not in args.only:
+            continue
         ident = {"protocol": proto, "checkpoint": str(Path(ckpt).resolve()), "digest": digest(ckpt), "seed": i}
         data = None
         nets: dict[str, EvalNet] = {}
@@ -467,6 +469,17 @@ def report(results: dict, args, size: tuple[int, int]) -> str:
     return text
 
 
+def saved_results(args, seeds) -> dict[str, dict[int, dict]]:
+    """The results in ``--work`` of these seed indices (row -> seed -> result), as a run left them."""
+    results: dict[str, dict[int, dict]] = {r: {} for r in ROWS}
+    for r in ROWS:
+        for i in seeds:
+            p = Path(args.work) / "results" / r / f"seed{i}.json"
+            if p.is_file():
+                results[r][i] = json.loads(p.read_text())
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", nargs="+", required=True,
@@ -486,19 +499,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-dir", default=str(ROOT / "docs" / "results"), help="table and plots go here")
     ap.add_argument("--name", default="downstream", help="report file names (default downstream)")
     ap.add_argument("--report-only", action="store_true", help="train nothing; tabulate the results in --work")
+    ap.add_argument("--only", type=lambda t: {int(x) for x in t.split(",")}, default=None, metavar="I,J",
+                    help="compute only these seed indices (0-based; e.g. two processes side by side), then tabulate "
+                         "whatever --work holds")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = load_generator(args.checkpoints[0], "cpu").size
     if args.report_only:
-        results = {r: {} for r in ROWS}
-        for r in ROWS:
-            for i in range(len(args.checkpoints)):
-                p = Path(args.work) / "results" / r / f"seed{i}.json"
-                if p.is_file():
-                    results[r][i] = json.loads(p.read_text())
+        results = saved_results(args, range(len(args.checkpoints)))
     else:
         results = run_study(args)
+        if args.only is not None:  # the other seeds' results, from --work
+            others = saved_results(args, [i for i in range(len(args.checkpoints)) if i not in args.only])
+            for r in ROWS:
+                results[r].update(others[r])
     print(report(results, args, size))
     return 0
 
