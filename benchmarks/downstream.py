@@ -21,7 +21,7 @@ present in labels or prediction, and IoU per class). Rows:
 * ``fewK+usis``, ``fewK+usis_half``, ``fewK_ft`` (K = 10, 50), with the ``usis_filtered_resampled`` pairs: the
   uniform union; half of every batch real (4 of 8, SYNTHIA's balanced batches); the segmenter of the
   ``usis_filtered_resampled`` row fine-tuned on the K real pairs (the same recipe and steps again: this row
-  has twice the steps of the others).
+  has twice the steps of the others, so ``fewK_2x`` trains the K real pairs alone for as many steps).
 
 Data. Every row's label maps are the layouts of one pool, ``SyntheticPaired(MAPS, seed=POOL_SEED,
 split="train")``: a paired stream, which no USIS training stream draws from, so the generator never saw
@@ -83,8 +83,9 @@ ROOT = Path(__file__).resolve().parents[1]
 POOL_SEED = 4242  # the paired pool and the test photos: a seed no other stream of the project uses
 SEGMENTER_SEED = 1000  # + the seed index: the downstream network's init and batches
 ROWS = ["oracle", "no_translation", "usis_all", "usis_kept", "usis_seeds", "usis_filtered", "usis_resampled",
-        "usis_filtered_resampled", "few10", "few10+usis", "few10+usis_half", "few10_ft", "few_real",
-        "few_real+usis", "few50+usis", "few50+usis_half", "few50_ft"]
+        "usis_filtered_resampled", "few10", "few10_2x", "few10+usis", "few10+usis_half", "few10_ft", "few_real",
+        "few50_2x", "few_real+usis", "few50+usis", "few50+usis_half", "few50_ft"]
+LONGER = {"few10_2x", "few50_2x"}  # twice the steps: what the fine-tuned rows train in all
 RECIPE = "usis_filtered_resampled"  # the synthetic pairs the mixing rows use
 FILTER_MARGIN = 1.25
 RESAMPLE_N = 4
@@ -237,7 +238,8 @@ def run_study(args) -> dict[str, dict[int, dict]]:
                     img0, lab0, mix0, _ = data[init]
                     nets[init] = train_segmenter(img0, lab0, args.steps, SEGMENTER_SEED + i, device, mix0)
                 start = nets[init]
-            net = train_segmenter(images, labels, args.steps, SEGMENTER_SEED + i, device, mix, start)
+            steps = 2 * args.steps if row in LONGER else args.steps
+            net = train_segmenter(images, labels, steps, SEGMENTER_SEED + i, device, mix, start)
             if row == RECIPE:
                 nets[row] = net
             res = {**ident, "row": row, "train_pairs": len(images), **evaluate(net, test_images, test_labels, device),
@@ -297,11 +299,31 @@ def _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device) 
     for k, name in ((min(args.few_small, args.maps), "few10"), (few, "few50")):
         real_img, real_lab = pool_images[:k], pool_labels[:k]
         out["few_real" if name == "few50" else name] = (real_img, real_lab, None, None)
+        out[f"{name}_2x"] = (real_img, real_lab, None, None)
         union = (torch.cat([real_img, r_img]), torch.cat([real_lab, r_lab]))
         out[f"{name}+usis"] = (*union, None, None)
         out[f"{name}+usis_half"] = (*union, (k, 4), None)
         out[f"{name}_ft"] = (real_img, real_lab, None, RECIPE)
     return out
+
+
+def filter_grid(work: Path, path: Path, k: int = 8) -> None:
+    """The pixel filter at work (first generator, first ``k`` maps of ``usis_filtered``): the map | the USIS
+    image | the label written for it (pixels over the margin in the don't-care colour, black)."""
+    folder = work / "synth" / "g0" / "filtered"
+    if not (folder / "manifest.jsonl").is_file():
+        return
+    rows = manifest(folder)[:k]
+    imgs, maps, written = [], [], []
+    for r in rows:
+        with Image.open(folder / r["image"]) as im:
+            imgs.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()))
+        with Image.open(work / "maps" / r["source"]) as im:
+            maps.append(torch.from_numpy(np.asarray(im).astype(np.int64)))
+        with Image.open(folder / r["label"]) as im:
+            written.append(torch.from_numpy(np.asarray(im).astype(np.int64)))
+    save_grid([painted(torch.stack(maps)), torch.stack(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+               painted(torch.stack(written))], path)
 
 
 def pairs_grid(folder: Path, rows: list[dict], path: Path, k: int = 6) -> None:
@@ -360,10 +382,12 @@ ABOUT = {
     "usis_resampled": f"per-map seeds, hard maps re-sampled (1-{RESAMPLE_N})",
     "usis_filtered_resampled": "per-map seeds, filtered and re-sampled",
     "few10": "10 real pairs alone",
+    "few10_2x": "10 real pairs alone, twice the steps (as the fine-tuned row in all)",
     "few10+usis": "10 real + filtered/re-sampled USIS, uniform union",
     "few10+usis_half": "10 real + filtered/re-sampled USIS, half of each batch real",
     "few10_ft": "filtered/re-sampled USIS, then fine-tuned on 10 real",
     "few_real": "50 real pairs alone",
+    "few50_2x": "50 real pairs alone, twice the steps (as the fine-tuned row in all)",
     "few_real+usis": "50 real + one-style USIS, uniform union (as before)",
     "few50+usis": "50 real + filtered/re-sampled USIS, uniform union",
     "few50+usis_half": "50 real + filtered/re-sampled USIS, half of each batch real",
@@ -406,7 +430,7 @@ def markdown(agg: dict, proto: dict, checkpoints: list[str], name: str) -> str:
         if alone not in agg:
             continue
         diffs = [f"{row} {agg[row]['miou'][0] - agg[alone]['miou'][0]:+.2f}"
-                 for row in (f"few{k}+usis", f"few{k}+usis_half", f"few{k}_ft") if row in agg]
+                 for row in (f"few{k}_2x", f"few{k}+usis", f"few{k}+usis_half", f"few{k}_ft") if row in agg]
         if diffs:
             lines += ["", f"Against {k} real pairs alone (mIoU points): " + ", ".join(diffs) + "."]
     ign = {row: statistics.fmean(v for v in agg[row]["ignored"] if not math.isnan(v))
@@ -414,7 +438,9 @@ def markdown(agg: dict, proto: dict, checkpoints: list[str], name: str) -> str:
     if ign:
         lines += ["", "Pixels written as the ignore id by the pixel filter: " + ", ".join(
             f"{row} {100 * v:.1f} %" for row, v in ign.items()) + "."]
-    lines += ["", f"Plot: `{name}.png`; best and worst pairs by S score (first generator): `{name}_pairs.png`."]
+    lines += ["", f"Plot: `{name}.png`; best and worst pairs by S score (first generator, one style): "
+                  f"`{name}_pairs.png`; the pixel filter at work (first generator: map | image | label written, "
+                  f"ignored pixels black): `{name}_filtered.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -432,7 +458,7 @@ def plot(agg: dict, path: Path, title: str) -> Path | None:
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 2.2]})
     for j, row in enumerate(rows):
         mean, std = agg[row]["miou"]
-        ax0.bar(j, mean, yerr=std, color=f"C{j}", capsize=3)
+        ax0.bar(j, mean, yerr=std, color=plt.cm.tab20(j % 20), capsize=3)
         ax0.scatter([j] * len(agg[row]["seeds"]), list(agg[row]["seeds"].values()), color="k", s=8, zorder=3)
     ax0.set_xticks(range(len(rows)), rows, rotation=30, ha="right", fontsize=8)
     ax0.set_ylabel("mIoU on real test photos (%)")
@@ -441,7 +467,7 @@ def plot(agg: dict, path: Path, title: str) -> Path | None:
     for j, row in enumerate(rows):
         xs = [c + (j - (len(rows) - 1) / 2) * width for c in range(len(classes))]
         ax1.bar(xs, [agg[row]["iou"][c][0] for c in classes], width, yerr=[agg[row]["iou"][c][1] for c in classes],
-                color=f"C{j}", label=row, capsize=1.5)
+                color=plt.cm.tab20(j % 20), label=row, capsize=1.5)
     ax1.set_xticks(range(len(classes)), classes, fontsize=8)
     ax1.set_ylabel("IoU (%)")
     ax1.legend(fontsize=7, ncol=3)
@@ -466,6 +492,7 @@ def report(results: dict, args, size: tuple[int, int]) -> str:
     atomic_write(out / f"{args.name}.json", json.dumps({"protocol": proto, "checkpoints": args.checkpoints,
                                                         "rows": agg}, indent=1) + "\n")
     plot(agg, out / f"{args.name}.png", f"{args.name}: segmenter trained on each row, tested on real photos")
+    filter_grid(Path(args.work), out / f"{args.name}_filtered.png")
     return text
 
 

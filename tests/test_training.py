@@ -168,6 +168,12 @@ def test_demo_metrics_table():
     assert "| sFID end / start | | 0.200 | bar: <= 0.25 (met) |" in lines
     assert "| IoU car (%) | 2.0 | 41.5 | |" in lines
     assert "| IoU pole (%) | n/a | 3.2 | |" in lines
+    assert not any("C2ST" in line for line in lines)  # not measured: no row
+    last.update(c2st=0.975, c2st_loss=0.0662, msssim=0.41)  # realism and diversity at the end only
+    lines = metrics_table([first, last]).splitlines()
+    assert "| C2ST: a classifier tells generated from real photos | n/a | 0.975 | 0.5 = cannot tell, 1.0 = always can |" \
+        in lines
+    assert any(line.startswith("| MS-SSIM between noise seeds | n/a | 0.410 |") for line in lines)
     assert metrics_table([]) == "(no evaluation was recorded)"
     # just under a bar is "not met", whatever the rounding would suggest
     close = {"step": 1597, "miou": 42.73, "miou_ceiling": 86.24, "sfid": 1.48}
