@@ -37,9 +37,11 @@ def make_synthetic_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, floa
             state["ev"] = scoring_segmenter(cfg, "synthetic", device=str(trainer.device))
         fake = trainer.generate(labels, range(EVAL_SEED, EVAL_SEED + len(labels)), batch_size=cfg.eval.batch_size)
         out = {k: float(v) for k, v in state["ev"].evaluate(fake, labels, real).items()}
-        if realism and trainer.step > 0:  # at initialisation every image is caught: not worth its seconds
+        # realism and diversity: not at initialisation, where every image is caught and the seeds differ by the
+        # untrained weights alone (not worth a demo's seconds)
+        if realism and trainer.step > 0:
             out.update(classifier_two_sample_test(real, as_written(fake), device=trainer.device))
-        if diversity:
+        if diversity and trainer.step > 0:
             out["msssim"] = msssim_of(trainer, labels[:MSSSIM_MAPS])
         return out
 
