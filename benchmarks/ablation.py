@@ -111,6 +111,15 @@ STUDIES: dict[str, Study] = {
             "generator": ("SPADE vs wavelet generator (wavelet D + decoder)", ["wavelet_D_decoder", "wavelet_G"]),
         },
     ),
+    # Issue 31: where the grain comes from and what width buys, at the demo's horizon (a first screen; the
+    # synthetic preset as it is, with its realism and diversity measures).
+    "quality": Study(
+        variants={"preset": [], "no_pixel_noise": ["model.pixel_noise=0"],
+                  "g_width_2x": ["model.g_ch=16", "model.spade_hidden=32"]},
+        iters=1500,
+        eval_every=500,
+        about="issue 31's first screen: the per-pixel noise (grain?) and G at twice the width",
+    ),
     # Issue 19: the CPU default the synthetic preset now trains with (channels-last; fp32, eager) against NCHW.
     # The memory format changes the order of float sums, not the maps: does it change what the model learns?
     "speed": Study(
@@ -191,9 +200,16 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> dict[Path, int
 # ------------------------------------------------------------------------------------------- report
 
 
+# what a run's evaluations give, as the tables name them: the ratios, the realism measure (usis.metrics.c2st),
+# the diversity, and the IoU of the classes the generator paints worst
+METRICS = ("miou_ratio", "sfid", "sfid_ratio", "c2st", "c2st_loss", "msssim", "iou/car", "iou/person", "iou/sign",
+           "iou/pole")
+MEASURED = ("c2st", "c2st_loss", "msssim", "iou/car", "iou/person", "iou/sign", "iou/pole")  # copied as recorded
+
+
 def run_series(rec: dict[int, dict]) -> dict[str, dict[int, float]]:
-    """Per evaluated step: mIoU / ceiling, sFID and sFID / sFID at step 0 (and MS-SSIM when measured)."""
-    out: dict[str, dict[int, float]] = {"miou_ratio": {}, "sfid": {}, "sfid_ratio": {}, "msssim": {}}
+    """Per evaluated step: mIoU / ceiling, sFID and sFID / sFID at step 0, and :data:`MEASURED` when recorded."""
+    out: dict[str, dict[int, float]] = {m: {} for m in METRICS}
     start = rec.get(0, {}).get("sfid")
     for step, r in sorted(rec.items()):
         if r.get("miou") is not None and r.get("miou_ceiling"):
@@ -202,8 +218,9 @@ def run_series(rec: dict[int, dict]) -> dict[str, dict[int, float]]:
             out["sfid"][step] = r["sfid"]
             if start:
                 out["sfid_ratio"][step] = r["sfid"] / start
-        if r.get("msssim") is not None:
-            out["msssim"][step] = r["msssim"]
+        for key in MEASURED:
+            if r.get(key) is not None and not math.isnan(r[key]):
+                out[key][step] = r[key]
     return out
 
 
@@ -220,7 +237,7 @@ def aggregate(runs: dict[str, dict[int, dict[int, dict]]]) -> dict[str, dict[str
     for variant, seeds in runs.items():
         series = [run_series(rec) for rec in seeds.values()]
         agg[variant] = {}
-        for metric in ("miou_ratio", "sfid", "sfid_ratio", "msssim"):
+        for metric in METRICS:
             steps = sorted({s for ser in series for s in ser[metric]})
             agg[variant][metric] = {}
             for step in steps:
@@ -237,12 +254,14 @@ def last_common_step(agg) -> int:
 
 
 LABELS = {"miou_ratio": "mIoU / ceiling (higher is better)", "sfid": "sFID (lower is better)",
-          "sfid_ratio": "sFID / sFID at step 0", "msssim": "MS-SSIM between seeds (lower = more diverse)"}
+          "sfid_ratio": "sFID / sFID at step 0", "msssim": "MS-SSIM between seeds (lower = more diverse)",
+          "c2st": "C2ST accuracy (0.5 = like photos)", "c2st_loss": "C2ST held-out loss (higher = harder to tell)",
+          **{f"iou/{c}": f"IoU {c} (%)" for c in ("car", "person", "sign", "pole")}}
 
 
 def table(agg, step: int | None = None) -> str:
     """Markdown: one row per variant at ``step`` (default: the last step all variants reached)."""
-    metrics = [m for m in ("miou_ratio", "sfid", "sfid_ratio", "msssim") if any(agg[v][m] for v in agg)]
+    metrics = [m for m in METRICS if any(agg[v][m] for v in agg)]
     if step is None:
         step = last_common_step(agg)
     head = "| variant | seeds | " + " | ".join(f"{LABELS[m]}" for m in metrics) + " |"
@@ -274,7 +293,7 @@ def plot(agg, runs, path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["miou_ratio", "sfid"] + (["msssim"] if any(agg[v]["msssim"] for v in agg) else [])
+    metrics = ["miou_ratio", "sfid"] + [m for m in ("c2st_loss", "msssim") if any(agg[v][m] for v in agg)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8))
     for ax, metric in zip(axes, metrics, strict=True):
         for i, v in enumerate(agg):
@@ -331,7 +350,7 @@ def _report(study_name: str, about: str, study: Study, out: Path, variants: list
         table(agg, step=study.iters),
         *([table(agg)] if last_common_step(agg) not in (study.iters, 0) else []),
         per_step_table(agg, "miou_ratio"), per_step_table(agg, "sfid"),
-        *([per_step_table(agg, "msssim")] if any(agg[v]["msssim"] for v in agg) else []),
+        *[per_step_table(agg, m) for m in ("c2st_loss", "msssim") if any(agg[v][m] for v in agg)],
         f"Plot: `{png.name}`",
     ])
     (report_dir / f"{study_name}.md").write_text(text + "\n")
