@@ -115,10 +115,15 @@ STUDIES: dict[str, Study] = {
     # synthetic preset as it is, with its realism and diversity measures).
     "quality": Study(
         variants={"preset": [], "no_pixel_noise": ["model.pixel_noise=0"],
-                  "g_width_2x": ["model.g_ch=16", "model.spade_hidden=32"]},
+                  "g_width_2x": ["model.g_ch=16", "model.spade_hidden=32"],
+                  # D sees photos and G's images through DiffAugment (with and without its colour operation);
+                  # S reads G's images through colour jitter (no class told by its colour alone)
+                  "d_aug": ["train.d_augment=translation,cutout"],
+                  "d_aug_color": ["train.d_augment=color,translation,cutout"],
+                  "s_aug_color": ["train.s_augment=color"]},
         iters=1500,
         eval_every=500,
-        about="issue 31's first screen: the per-pixel noise (grain?) and G at twice the width",
+        about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",
     ),
     # Issue 19: the CPU default the synthetic preset now trains with (channels-last; fp32, eager) against NCHW.
     # The memory format changes the order of float sums, not the maps: does it change what the model learns?

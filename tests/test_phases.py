@@ -59,9 +59,12 @@ def add_l2_to_the_segmenter_phase(monkeypatch=None):
         USISPhases.segmenter = segmenter
 
 
-def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False):
+def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False, d_view=None, s_view=None):
     """Each network's gradient of its objective as written, by plain autograd on copies of the networks: no
-    shared forward or term, no overlap, no schedule. The caller seeds the RNG as before the step."""
+    shared forward or term, no overlap, no schedule. The caller seeds the RNG as before the step. ``d_view`` and
+    ``s_view``: how D and S see images (``train.d_augment``, ``train.s_augment``; deterministic stand-ins)."""
+    d_view = d_view or (lambda x: x)
+    s_view = s_view or (lambda x: x)
     t, dontcare = cfg.train, 0
     G, S, D, dec = nets.G, nets.S, nets.D, nets.decoder
     for net in (G, S, D, dec):
@@ -70,16 +73,18 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False)
     fake = G(m)
 
     def seg(images):
-        return segmentation_loss(t.seg_loss, S(images).float(), labels, dontcare, cfg.model.s_extra_channel)
+        return segmentation_loss(t.seg_loss, S(s_view(images)).float(), labels, dontcare,
+                                 cfg.model.s_extra_channel)
 
     seg_fake = seg(fake)
-    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(fake)) + (0.5 * seg_fake ** 2 if seg_sq else 0)
+    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(d_view(fake))) + (0.5 * seg_fake ** 2 if seg_sq else 0)
     f = fake.detach()
     loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
     r1 = t.r1_every > 0 and it % t.r1_every == 0
     real = photos.detach().requires_grad_(r1)
-    real_logits, feats = D(real, return_features=True)
-    loss_d = d_logistic_loss(real_logits, D(f)) + t.lambda_rec * l1_reconstruction(dec(feats), photos)
+    seen = d_view(real)
+    real_logits, feats = D(seen, return_features=True)
+    loss_d = d_logistic_loss(real_logits, D(d_view(f))) + t.lambda_rec * l1_reconstruction(dec(feats), seen)
     if r1:  # the synthetic preset's fused R1: gamma / 2 * R1, weighted by the interval
         loss_d = loss_d + t.r1_gamma / 2 * r1_penalty(real_logits, real) * t.r1_every
     grads = {}
@@ -100,7 +105,8 @@ def record_gradients(trainer):
     return seen
 
 
-def steps_against_the_written_objective(trainer, cfg, steps, seed, average=lambda grads: grads, seg_sq=False):
+def steps_against_the_written_objective(trainer, cfg, steps, seed, average=lambda grads: grads, seg_sq=False,
+                                        **views):
     """Run ``steps`` steps; before each, the gradients of the written objective on copies of the networks with
     the same noise. Returns [(gradients stepped on, written gradients, written without the L2 term)]."""
     out = []
@@ -111,10 +117,10 @@ def steps_against_the_written_objective(trainer, cfg, steps, seed, average=lambd
         nets = copy.deepcopy(trainer.nets)
         it = trainer.step
         torch.manual_seed(seed + it)
-        want = average(written_gradients(nets, cfg, labels, photos, it, seg_sq=seg_sq))
+        want = average(written_gradients(nets, cfg, labels, photos, it, seg_sq=seg_sq, **views))
         torch.manual_seed(seed + it)
         without = average(written_gradients(copy.deepcopy(trainer.nets), cfg, labels, photos, it, with_l2=False,
-                                            seg_sq=seg_sq))
+                                            seg_sq=seg_sq, **views))
         torch.manual_seed(seed + it)
         trainer.train_step(labels, photos)
         trainer.finish_pending_updates()  # a data-parallel run finishes D's update at the next step
@@ -156,6 +162,40 @@ def test_a_g_term_built_on_the_shared_term_keeps_s_out_of_gs_backward(tmp_path, 
     trainer = Trainer(cfg, tmp_path, progress=False)
     check(steps_against_the_written_objective(trainer, cfg, steps=2, seed=3, seg_sq=True))
     assert trainer.schedule._checked == {("S", "seg", "adv", "seg_sq"): False}  # found on the graph, once
+
+
+def d_stand_in(x):  # deterministic and not the identity, so that the check below can fail
+    return 0.7 * x.flip(-1) - 0.1
+
+
+def s_stand_in(x):
+    return 0.8 * x + 0.05
+
+
+def test_augmented_views_reach_every_phase_as_written(tmp_path, monkeypatch):
+    """train.d_augment / s_augment: D sees G's images and the photos through its view (its decoder rebuilds the
+    view, R1 is taken through it, G learns through it) and S reads G's images through its own, in the shared
+    seg term too. Stand-ins for the random views pin the wiring to the written objective."""
+    import usis.train.phases as phases
+
+    monkeypatch.setattr(phases, "augment", lambda x, policy: x if not policy else
+                        s_stand_in(x) if policy == ("color",) else d_stand_in(x))
+    add_l2_to_the_segmenter_phase(monkeypatch)
+    cfg = tiny_cfg("model.spectral_norm=false", "train.r1_every=2", "train.lambda_seg=2.5",
+                   "train.d_augment=translation,cutout", "train.s_augment=color")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    assert trainer.schedule.share_seg and trainer.schedule.share_d_forward
+    check(steps_against_the_written_objective(trainer, cfg, steps=2, seed=5, d_view=d_stand_in, s_view=s_stand_in))
+    # and the views cost none of D's shared forwards: on an R1 step, one on the photos, one on G's images
+    calls = []
+    trainer.nets.D.register_forward_hook(lambda *a: calls.append(1))
+    assert trainer.step % cfg.train.r1_every == 0
+    trainer.train_step(trainer.loaders.next_labels()["label"], trainer.loaders.next_photos()["image"])
+    assert len(calls) == 2
+    # the check can fail: the same steps against the objective without the views
+    trainer2 = Trainer(cfg, tmp_path / "again", progress=False)
+    results = steps_against_the_written_objective(trainer2, cfg, steps=1, seed=5)
+    assert not all(_close(seen["D"], want["D"]) for seen, want, _ in results)
 
 
 def _two_process_worker(dist: Dist, case: str, out: str):

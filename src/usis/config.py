@@ -105,6 +105,13 @@ class TrainConfig:
     # lambda_rev * L1(x', x) for G and S, plus a label discriminator (whole-image, on probability maps vs the
     # one-hot maps of the label stream) that S learns to fool. S then sees real photos. CycleGAN's weight is 10.
     lambda_rev: float = 0.0
+    # Beyond the paper (issue 31; off by default): differentiable augmentation (usis.nn.augment, DiffAugment), a
+    # comma list of color, translation, cutout. d_augment: D sees every photo and every generated image through
+    # it (its decoder rebuilds the augmented photo; R1 is taken through it), and G learns through it.
+    # s_augment (color only: the label maps stay aligned): S reads G's images through it, so that S (and the
+    # shared seg term G learns from) cannot tell the classes apart by a colour alone.
+    d_augment: str = ""
+    s_augment: str = ""
     r1_gamma: float = 10.0
     r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
     # How R1 enters D's optimisation. "reference" (reference train.py): D's whole loss (adversarial +
@@ -417,6 +424,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
     if t.seg_loss not in ("ce", "l1"):
         raise ConfigError(f"train.seg_loss={t.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
+    from usis.nn.augment import parse_policy
+
+    for key in ("d_augment", "s_augment"):
+        try:
+            ops = parse_policy(getattr(t, key))
+        except ValueError as e:
+            raise ConfigError(f"train.{key}={getattr(t, key)!r}: {e}") from None
+        if key == "s_augment" and set(ops) - {"color"}:
+            raise ConfigError(f"train.s_augment={t.s_augment!r}: only color (a shift or a hole would move the image "
+                              "away from its label map)")
     if t.lambda_rev < 0:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):

@@ -14,6 +14,11 @@ phase           the network minimises                                           
 ``ema``         G_ema <- decay * G_ema + (1 - decay) * G                                        Sec. 4
 ==============  ==============================================================================  =============
 
+Beyond the paper (issue 31, off by default): with ``train.d_augment`` D sees photos and G's images only through
+a differentiable augmentation ``T`` (DiffAugment: ``D(x)`` above is ``D(T(x))``, the decoder rebuilds ``T(x)``,
+and G learns through ``T``); with ``train.s_augment`` S reads G's images through one (``S(T(G(m, z)))``, in
+both phases that share the seg term).
+
 ``L_seg`` is the class-balanced cross entropy (Eq. 3, 4); Table 3's ablations are options:
 ``train.seg_loss=l1`` makes it CycleGAN's L1 cycle loss, and ``train.lambda_rev > 0`` adds the reverse cycle
 x -> S -> G -> x:
@@ -45,6 +50,7 @@ from usis.losses import (
     segmentation_loss,
     soft_labels,
 )
+from usis.nn.augment import augment, parse_policy
 from usis.train.ema import update_ema
 
 
@@ -80,13 +86,25 @@ class USISPhases:
         self.dontcare = dontcare
         self.extra_channel = cfg.model.s_extra_channel
         self.reverse = cfg.train.lambda_rev > 0
+        self.d_policy = parse_policy(cfg.train.d_augment)
+        self.s_policy = parse_policy(cfg.train.s_augment)
+
+    # ------------------------------------------------------------------------------------ the views
+
+    def d_view(self, images: Tensor) -> Tensor:
+        """Images as D sees them: through ``train.d_augment`` (a fresh draw per call), or as they are."""
+        return augment(images, self.d_policy)
+
+    def s_view(self, images: Tensor) -> Tensor:
+        """G's images as S reads them in the seg term: through ``train.s_augment``, or as they are."""
+        return augment(images, self.s_policy)
 
     # ---------------------------------------------------------------------------------------- a term
 
     def seg(self, images: Tensor, labels: Tensor) -> Tensor:
         """``L_seg(S(images), m)`` (Eq. 3; ``train.seg_loss=l1``: Table 3's L1 cycle loss). The one term two
         phases share: G minimises it with weight ``lambda_seg``, S with weight 1, on the same images."""
-        return segmentation_loss(self.t.seg_loss, self.nets.S(images).float(), labels, self.dontcare,
+        return segmentation_loss(self.t.seg_loss, self.nets.S(self.s_view(images)).float(), labels, self.dontcare,
                                  self.extra_channel)
 
     # -------------------------------------------------------------------------------------- phases
@@ -97,7 +115,7 @@ class USISPhases:
         G, D = self.nets.G, self.nets.D
         fake = G(m)
         terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
-                 "adv": (1.0, g_nonsaturating_loss(D(fake).float()))}
+                 "adv": (1.0, g_nonsaturating_loss(D(self.d_view(fake)).float()))}
         if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
             with torch.no_grad():
                 read = soft_labels(self.nets.S(photos).float(), self.extra_channel)
@@ -120,8 +138,9 @@ class USISPhases:
         """D (with the decoder): ``L_adv_D(D(x), D(fake)) + lambda_rec * L1(Dec(D_feat(x)), x)``: tell photos
         from G's images, and keep in its features what rebuilds the photo."""
         D, dec = self.nets.D, self.nets.decoder
+        photos = self.d_view(photos)
         real_logits, feats = D(photos, return_features=True)
-        fake_logits = D(fake)
+        fake_logits = D(self.d_view(fake))
         terms = {"adv": (1.0, d_logistic_loss(real_logits.float(), fake_logits.float()))}
         if dec is not None:
             terms["rec"] = (self.t.lambda_rec, l1_reconstruction(dec(feats).float(), photos))
@@ -133,7 +152,7 @@ class USISPhases:
         ``r1_gamma`` as in the reference (``train.r1_mode=reference``), by ``r1_gamma / 2`` as in StyleGAN2
         (``fused``)."""
         gamma = self.t.r1_gamma if self.t.r1_mode == "reference" else self.t.r1_gamma / 2
-        return Loss({"r1": (gamma, r1_penalty(self.nets.D(photos).float(), photos))})
+        return Loss({"r1": (gamma, r1_penalty(self.nets.D(self.d_view(photos)).float(), photos))})
 
     def label_discriminator(self, m: Tensor, read: Tensor) -> Loss:
         """D_label (reverse cycle): tell the label stream's maps from S's readings of photos."""

@@ -121,7 +121,7 @@ class NetworkCall:
         if kept is not None and (kept[2] or not return_features):
             out = kept[1]
             return out[0] if kept[2] and not return_features else out
-        double_backward = isinstance(x, Tensor) and x.is_leaf and x.requires_grad
+        double_backward = isinstance(x, Tensor) and s.from_grad_leaf(x)
         forward = self.module if double_backward else self.fast
         kw = {"return_features": True} if return_features else {}
         shared = s.shares_forward(self.name)
@@ -149,6 +149,9 @@ class _ScheduledPhases(USISPhases):
 
     def seg(self, images: Tensor, labels: Tensor) -> Tensor:
         return self.schedule.seg_term(super().seg, images, labels)
+
+    def d_view(self, images: Tensor) -> Tensor:
+        return self.schedule.view(super().d_view, images)
 
 
 class Schedule:
@@ -180,6 +183,7 @@ class Schedule:
         self.kept: dict[tuple[str, int], tuple[Tensor, Any, bool]] = {}  # (network, id(input)) -> input, output
         self.keep_inputs: set[tuple[str, int]] = set()
         self._seg_terms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self._views: dict[int, tuple[Tensor, Tensor]] = {}  # id(images) -> images, D's view of them
         self._checked: dict[tuple[str, ...], bool] = {}
 
     # ------------------------------------------------------------------------------------ the iteration
@@ -234,8 +238,8 @@ class Schedule:
         r1 = t.r1_every > 0 and t.r1_gamma > 0 and it % t.r1_every == 0
         fused = r1 and t.r1_mode == "fused"
         real = photos.detach().requires_grad_(fused)
-        if fused:
-            self.keep_inputs.add(("D", id(real)))  # one forward of D on the photos for both phases
+        if fused:  # one forward of D on (its view of) the photos for both phases
+            self.keep_inputs.add(("D", id(self.phases.d_view(real))))
         with self._phase("D"):
             d = self.phases.discriminator(real, fake)
             reg = self.phases.r1(real) if fused else None
@@ -273,6 +277,7 @@ class Schedule:
         self.kept.clear()
         self.keep_inputs.clear()
         self._seg_terms.clear()
+        self._views.clear()
 
     @torch.no_grad()
     def _new_fake(self, m: Tensor) -> Tensor:
@@ -324,6 +329,20 @@ class Schedule:
             with self.trainable("S") if shared else contextlib.nullcontext():
                 self._seg_terms[key] = (images, labels, seg(images, labels))  # the inputs kept: ids stay theirs
         return self._seg_terms[key][2]
+
+    def view(self, d_view, images: Tensor) -> Tensor:
+        """``d_view(images)`` once per step for the same images: G's and D's phases see one draw of the
+        augmentation on G's images when they share D's forward, and D's and R1's phases one draw on the photos."""
+        if id(images) not in self._views:
+            self._views[id(images)] = (images, d_view(images))  # the input kept: its id stays its own
+        return self._views[id(images)][1]
+
+    def from_grad_leaf(self, x: Tensor) -> bool:
+        """Whether ``x`` is a leaf that requires grad (R1's photos) or D's view of one: a forward on it is
+        differentiated twice, so it runs eager."""
+        if x.is_leaf:
+            return x.requires_grad
+        return any(v is x and src.is_leaf and src.requires_grad for src, v in self._views.values())
 
     def before_forward(self, name: str) -> None:
         """A network's update whose average has started is finished before the network's next forward."""
