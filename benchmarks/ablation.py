@@ -120,7 +120,9 @@ STUDIES: dict[str, Study] = {
                   # S reads G's images through colour jitter (no class told by its colour alone)
                   "d_aug": ["train.d_augment=translation,cutout"],
                   "d_aug_color": ["train.d_augment=color,translation,cutout"],
-                  "s_aug_color": ["train.s_augment=color"]},
+                  "s_aug_color": ["train.s_augment=color"],
+                  # half of the noise channels drawn per class region (each class its own look)
+                  "class_style": ["model.class_style=4"]},
         iters=1500,
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",

@@ -283,6 +283,22 @@ def test_redrawing_one_regions_style_changes_its_noise_only(app):
         app.restyle([], 5, ids)
 
 
+def test_a_generator_with_a_style_per_class_keeps_it_when_a_region_is_redrawn(app, monkeypatch):
+    from usis.nn.noise import seeded_noise
+
+    ids = _scene(app)
+    labels = torch.from_numpy(ids)
+    G = app.pipe.generator
+    monkeypatch.setattr(G, "class_style", 2)  # as trained with model.class_style=2
+    z0, _ = app.noise(labels, Shot(0), False)
+    want = seeded_noise([0], G.z_dim, G.pixel_noise, *ids.shape, labels=labels[None], num_classes=app.num_classes,
+                        class_style=2)[0][0]
+    assert torch.equal(z0, want)  # the pipeline's noise for its seed
+    z1, _ = app.noise(labels, Shot(0, ((5, 100),)), False)
+    car = torch.from_numpy(ids == 5)
+    assert torch.equal(z1[:, ~car], z0[:, ~car]) and not torch.equal(z1[:, car], z0[:, car])
+
+
 def test_downloads_hold_the_images_and_the_label_map(app):
     ids = _scene(app)
     shots = app.restyle(app.shots(0, 2), 5, ids, seed=9)

@@ -405,12 +405,14 @@ class LabelApp:
         G = self.pipe.generator
         k = self.num_classes
         z, pn = seeded_noise([shot.seed], G.z_dim, G.pixel_noise, *labels.shape, labels=labels[None],
-                             num_classes=k, local_style=local_style)
+                             num_classes=k, local_style=local_style, class_style=G.class_style)
         z, pn = z[0], None if pn is None else pn[0]
         if not shot.regions or not G.z_dim:
             return z, pn
-        if local_style:  # the per-class table style_map draws the map from
+        if local_style or G.class_style:  # the per-class table style_map draws the map from
             table = style_map(torch.arange(k)[None], shot.seed, G.z_dim, k)[:, 0].T.clone()
+            if not local_style:  # a generator trained with a style per class: the image's vector in the rest
+                table[:, : G.z_dim - G.class_style] = noise_vector(shot.seed, G.z_dim)[: G.z_dim - G.class_style]
         else:
             table = z[None].repeat(k, 1)
         for c, s in shot.regions:

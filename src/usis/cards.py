@@ -33,11 +33,11 @@ DATA_LICENSE_NOTE = ("# license: not set. The images come from a generator and t
 GENERATORS = {"Generator": "the SPADE generator of USIS (OASIS-style, with 3D noise)",
               "WaveletGenerator": "the wavelet generator of USIS-Wavelet (SPADE blocks in the Haar wavelet domain)"}
 # the settings a card lists under "How it was trained": what the paper's recipe and its deviations are
-RECIPE = ("model.g_type", "model.g_ch", "model.z_dim", "model.noise_3d", "model.pixel_noise", "model.g_norm",
+RECIPE = ("model.g_type", "model.g_ch", "model.z_dim", "model.noise_3d", "model.pixel_noise", "model.class_style", "model.g_norm",
           "model.init", "model.s_extra_channel", "model.d_type", "model.decoder", "train.batch_size", "train.iters",
           "train.lr_g", "train.lr_s", "train.lr_d", "train.beta1", "train.beta2", "train.lambda_seg",
           "train.lambda_rec", "train.seg_loss", "train.lambda_rev", "train.r1_gamma", "train.r1_every",
-          "train.r1_mode", "train.fresh_fakes", "train.ema_decay", "train.ema_warmup", "train.lr_decay_from",
+          "train.r1_mode", "train.fresh_fakes", "train.d_augment", "train.s_augment", "train.ema_decay", "train.ema_warmup", "train.lr_decay_from",
           "train.seed")
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"))

@@ -63,6 +63,9 @@ class ModelConfig:
     noise_3d: bool = True
     spade_hidden: int = 128
     pixel_noise: int = 0  # i.i.d. per-pixel noise channels in the conditioning; 0 = the paper (see Generator)
+    # of the z_dim noise channels, how many are drawn per class region rather than per image (issue 31's
+    # candidate; 0 = the paper; SPADE generator only; usis.nn.noise)
+    class_style: int = 0
     # wavelet generator only: SPADE-normalise its learned shortcuts. The reference builds these norms but leaves
     # them out of its forward (untrained parameters); false = its forward, without them (usis.nn.wavelet_generator)
     g_shortcut_norm: bool = True
@@ -438,6 +441,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):
         raise ConfigError(f"model.g_type={m.g_type!r}: choose spade or wavelet")
+    if m.class_style and (m.g_type != "spade" or not 0 < m.class_style <= (m.z_dim if m.noise_3d else 0)):
+        raise ConfigError(f"model.class_style={m.class_style}: the SPADE generator's noise channels drawn per class, "
+                          f"from 0 to model.z_dim ({m.z_dim}, with model.noise_3d)")
     if t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
         raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose inductor, aot_eager, eager or cudagraphs")
     if m.d_type not in ("wavelet", "whole", "patch"):

@@ -227,7 +227,8 @@ def generate_images(G: BaseGenerator, labels: torch.Tensor, seeds: Sequence[int]
     for i in range(0, len(labels), batch_size):
         lab = labels[i:i + batch_size]
         z, pixel_noise = seeded_noise(seeds[i:i + batch_size], G.z_dim, G.pixel_noise, *lab.shape[-2:], labels=lab,
-                                      num_classes=G.num_classes, local_style=local_style)
+                                      num_classes=G.num_classes, local_style=local_style,
+                                      class_style=G.class_style)
         out.append(run_generator(G, lab, z, pixel_noise))
     if not out:
         return torch.empty(0, 3, *labels.shape[-2:])

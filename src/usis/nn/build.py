@@ -47,7 +47,7 @@ def build_generator(cfg: Config) -> BaseGenerator:
                 spade_hidden=m.spade_hidden, pixel_noise=m.pixel_noise)
     if m.g_type == "wavelet":
         return WaveletGenerator(m.num_classes, shortcut_norm=m.g_shortcut_norm, **args)
-    return Generator(m.num_classes, **args)
+    return Generator(m.num_classes, class_style=m.class_style, **args)
 
 
 def build_segmenter(cfg: Config) -> Segmenter:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usis.nn.layers import SPADE, maybe_sn
+from usis.nn.noise import random_class_style
 from usis.nn.pretrained import Pretrained
 
 WIDTHS = (16, 16, 16, 8, 4, 2, 1)
@@ -90,6 +91,7 @@ class BaseGenerator(Pretrained):
     num_classes: int
     z_dim: int
     pixel_noise: int
+    class_style = 0  # of the z_dim channels, how many are drawn per class region (usis.nn.noise.class_styled)
     fc: nn.Conv2d
 
     def sample_pixel_noise(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
@@ -123,6 +125,8 @@ class BaseGenerator(Pretrained):
         if self.z_dim:
             if z is None:
                 z = self.sample_noise(n, device=label_onehot.device)
+                if self.class_style:
+                    z = random_class_style(z, label_onehot, self.class_style)
             z = z.to(label_onehot.dtype)
             if z.dim() == 2:
                 z = z[:, :, None, None].expand(n, self.z_dim, h, w)
@@ -193,16 +197,22 @@ class Generator(BaseGenerator):
             USIS: the paper's only noise is the per-image vector, so a stochastic texture such as sensor
             grain can only be imitated by deterministic (often lattice-like) patterns; a few noise
             channels give the generator a source for it.
+        class_style: of the ``z_dim`` noise channels, how many come from a vector drawn per class region
+            instead of the image's one (0 in the paper; see :mod:`usis.nn.noise`). Not part of USIS: with one
+            vector per image, the looks of all of an image's regions are drawn together.
     """
 
     SIZE_MULTIPLE = 32  # the latent grid is the output size / 32
 
     def __init__(self, num_classes: int, ch: int = 64, z_dim: int = 64, norm: str = "batch",
                  spectral_norm: bool = True, noise_3d: bool = True, spade_hidden: int = 128,
-                 pixel_noise: int = 0):
+                 pixel_noise: int = 0, class_style: int = 0):
         super().__init__()
         self.num_classes = num_classes
         self.z_dim = z_dim if noise_3d else 0
+        if not 0 <= class_style <= self.z_dim:
+            raise ValueError(f"class_style={class_style}: between 0 and the noise channels ({self.z_dim})")
+        self.class_style = class_style
         self.pixel_noise = pixel_noise
         cond = num_classes + self.z_dim + pixel_noise
         widths = [w * ch for w in WIDTHS]

@@ -48,7 +48,8 @@ def refresh_ema_batchnorm(G_ema: nn.Module, label_dataset, batches: int, batch_s
         idx = [(b * batch_size + i) % len(label_dataset) for i in range(batch_size)]
         labels = torch.stack([fixed_item(label_dataset, i)["label"] for i in idx]).to(device)
         seeds = range(BN_SEED + b * batch_size, BN_SEED + (b + 1) * batch_size)
-        z, noise = seeded_noise(seeds, G_ema.z_dim, G_ema.pixel_noise, *labels.shape[-2:])
+        z, noise = seeded_noise(seeds, G_ema.z_dim, G_ema.pixel_noise, *labels.shape[-2:], labels=labels.cpu(),
+                                num_classes=num_classes, class_style=G_ema.class_style)
         inputs.append((one_hot_labels(labels, num_classes), z.to(device), None if noise is None else noise.to(device)))
     refresh_batchnorm(G_ema, inputs)
 
