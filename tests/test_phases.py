@@ -28,6 +28,9 @@ L2_WEIGHT = 0.05  # the made-up term: a small L2 on S's logits of G's images, ad
 CASES = {
     "seg and D forward shared": ["train.lambda_seg=2.5"],  # S's seg term through G's backward, weights 2.5 : 1
     "nothing of S shared": ["train.lambda_seg=0"],
+    # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
+    "labelled pairs": ["train.lambda_seg=2.5", "data.labelled=6", "train.lambda_labelled=0.7",
+                       "train.lambda_labelled_rec=1.5", "train.labelled_augment="],
 }
 
 
@@ -36,8 +39,8 @@ def add_a_g_term_built_on_the_shared_one(monkeypatch):
     without being it. The schedule must then not take S's gradient from G's backward."""
     original = USISPhases.generator
 
-    def generator(self, m, labels, photos):
-        fake, loss = original(self, m, labels, photos)
+    def generator(self, m, labels, photos, pairs=None):
+        fake, loss = original(self, m, labels, photos, pairs)
         loss.terms["seg_sq"] = (0.5, self.seg(fake, labels) ** 2)
         return fake, loss
 
@@ -48,8 +51,8 @@ def add_l2_to_the_segmenter_phase(monkeypatch=None):
     """Adding a term is a few lines: S's phase returns it with its weight; the schedule does the rest."""
     original = USISPhases.segmenter
 
-    def segmenter(self, fake, labels):
-        loss = original(self, fake, labels)
+    def segmenter(self, fake, labels, pairs=None):
+        loss = original(self, fake, labels, pairs)
         loss.terms["l2"] = (L2_WEIGHT, self.nets.S(fake).float().pow(2).mean())
         return loss
 
@@ -59,10 +62,12 @@ def add_l2_to_the_segmenter_phase(monkeypatch=None):
         USISPhases.segmenter = segmenter
 
 
-def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False, d_view=None, s_view=None):
+def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False, d_view=None, s_view=None,
+                      pairs=None):
     """Each network's gradient of its objective as written, by plain autograd on copies of the networks: no
     shared forward or term, no overlap, no schedule. The caller seeds the RNG as before the step. ``d_view`` and
-    ``s_view``: how D and S see images (``train.d_augment``, ``train.s_augment``; deterministic stand-ins)."""
+    ``s_view``: how D and S see images (``train.d_augment``, ``train.s_augment``; deterministic stand-ins).
+    ``pairs``: labelled photos and their maps (``data.labelled``, without ``train.labelled_augment``)."""
     d_view = d_view or (lambda x: x)
     s_view = s_view or (lambda x: x)
     t, dontcare = cfg.train, 0
@@ -71,6 +76,9 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
         net.requires_grad_(True)
     m = one_hot_labels(labels, cfg.model.num_classes)
     fake = G(m)
+    rec = 0
+    if pairs is not None:
+        rec = t.lambda_labelled_rec * l1_reconstruction(G(one_hot_labels(pairs[1], cfg.model.num_classes)), pairs[0])
 
     def seg(images):
         return segmentation_loss(t.seg_loss, S(s_view(images)).float(), labels, dontcare,
@@ -78,8 +86,12 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
 
     seg_fake = seg(fake)
     loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(d_view(fake))) + (0.5 * seg_fake ** 2 if seg_sq else 0)
+    loss_g = loss_g + rec
     f = fake.detach()
     loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
+    if pairs is not None:
+        loss_s = loss_s + t.lambda_labelled * segmentation_loss(t.seg_loss, S(pairs[0]).float(), pairs[1], dontcare,
+                                                                cfg.model.s_extra_channel)
     r1 = t.r1_every > 0 and it % t.r1_every == 0
     real = photos.detach().requires_grad_(r1)
     seen = d_view(real)
@@ -114,15 +126,17 @@ def steps_against_the_written_objective(trainer, cfg, steps, seed, average=lambd
     for _ in range(steps):
         labels = trainer.loaders.next_labels()["label"]
         photos = trainer.loaders.next_photos()["image"]
+        batch = trainer.loaders.next_pairs()
+        pairs = None if batch is None else (batch["image"], batch["label"])
         nets = copy.deepcopy(trainer.nets)
         it = trainer.step
         torch.manual_seed(seed + it)
-        want = average(written_gradients(nets, cfg, labels, photos, it, seg_sq=seg_sq, **views))
+        want = average(written_gradients(nets, cfg, labels, photos, it, seg_sq=seg_sq, pairs=pairs, **views))
         torch.manual_seed(seed + it)
         without = average(written_gradients(copy.deepcopy(trainer.nets), cfg, labels, photos, it, with_l2=False,
-                                            seg_sq=seg_sq, **views))
+                                            seg_sq=seg_sq, pairs=pairs, **views))
         torch.manual_seed(seed + it)
-        trainer.train_step(labels, photos)
+        trainer.train_step(labels, photos, pairs)
         trainer.finish_pending_updates()  # a data-parallel run finishes D's update at the next step
         out.append((dict(seen), want, without))
     return out

@@ -46,6 +46,14 @@ class DataConfig:
     synthetic_train: int = 2000  # label maps and (independent) photos in the training streams
     synthetic_val: int = 200
     synthetic_seed: int = 0
+    # A few labelled photos (issue 32): K real photos with their own label maps beside the unpaired streams, a
+    # seeded choice (labelled_seed) among the training split's pairs: "0" = unpaired USIS, "all" = the paired
+    # setting. The standard layouts pair their train split's files; folder: labelled_photos / labelled_labels
+    # (matched by file name); synthetic: a stream of its own (never the evaluator's or the test photos).
+    labelled: str = "0"
+    labelled_seed: int = 0
+    labelled_photos: str = ""
+    labelled_labels: str = ""
 
 
 @dataclass
@@ -115,6 +123,12 @@ class TrainConfig:
     # shared seg term G learns from) cannot tell the classes apart by a colour alone.
     d_augment: str = ""
     s_augment: str = ""
+    # with data.labelled: S also learns the labelled photos (lambda_labelled * the class-balanced cross entropy,
+    # the photos through labelled_augment: color, translation; their maps move with them), and G, with
+    # lambda_labelled_rec > 0, the L1 distance of its image of a labelled map to that map's photo
+    lambda_labelled: float = 1.0
+    lambda_labelled_rec: float = 0.0
+    labelled_augment: str = "color,translation"
     r1_gamma: float = 10.0
     r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
     # How R1 enters D's optimisation. "reference" (reference train.py): D's whole loss (adversarial +
@@ -427,9 +441,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
     if t.seg_loss not in ("ce", "l1"):
         raise ConfigError(f"train.seg_loss={t.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
+    from usis.data.labelled import parse_count
     from usis.nn.augment import parse_policy
 
-    for key in ("d_augment", "s_augment"):
+    parse_count(d.labelled)
+    for key in ("d_augment", "s_augment", "labelled_augment"):
         try:
             ops = parse_policy(getattr(t, key))
         except ValueError as e:
@@ -437,6 +453,9 @@ def validate(cfg: Config) -> None:
         if key == "s_augment" and set(ops) - {"color"}:
             raise ConfigError(f"train.s_augment={t.s_augment!r}: only color (a shift or a hole would move the image "
                               "away from its label map)")
+        if key == "labelled_augment" and "cutout" in ops:
+            raise ConfigError(f"train.labelled_augment={t.labelled_augment!r}: color and translation only (a hole "
+                              "in a photo has no class)")
     if t.lambda_rev < 0:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):

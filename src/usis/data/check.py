@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from usis.config import Config
+from usis.config import Config, ConfigError
 from usis.data.datasets import (
     STANDARD_CLASSES,
     CorruptImageError,
@@ -36,6 +36,7 @@ from usis.data.datasets import (
     remap_coco,
     resolve_layout,
 )
+from usis.data.labelled import build_labelled
 from usis.errors import DataWarning
 
 MAX_PER_KIND = 5  # files listed per kind of problem; the rest are counted
@@ -63,6 +64,7 @@ class CheckReport:
     class_images: list[int] = field(default_factory=list)  # inspected label maps containing each id
     dontcare_share: float | None = None  # share of inspected label pixels with the don't-care id
     skipped: list[str] = field(default_factory=list)  # unreadable files skipped (data.skip_corrupt)
+    labelled: dict[str, Any] = field(default_factory=dict)  # data.labelled: {"count", "available", "source", "pairs"}
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -155,10 +157,23 @@ def _min_photo_size(cfg: Config, split: str) -> tuple[int, int, int]:
 
 
 def check_dataset(cfg: Config, split: str = "train", max_files: int | None = None) -> CheckReport:
-    """Locate and inspect the label maps and photos of ``split``; never raises for data problems.
+    """Locate and inspect the label maps and photos of ``split`` (and in the train split, the labelled pairs
+    of ``data.labelled``); never raises for data problems.
 
     ``max_files``: files inspected per kind (None -> ``cfg.data.check_samples``; 0 -> all).
     """
+    rep = _check_split(cfg, split, max_files)
+    if split == "train" and str(cfg.data.labelled).strip() != "0" and rep.num_classes >= 2:
+        try:
+            found = build_labelled(cfg, rep.num_classes, coco_shift=cfg.data.kind == "coco")
+        except (ConfigError, DatasetError) as e:
+            rep.problems.append(str(e))
+        else:
+            rep.labelled = found.record() if found is not None else {}
+    return rep
+
+
+def _check_split(cfg: Config, split: str, max_files: int | None) -> CheckReport:
     d = cfg.data
     k = d.check_samples if max_files is None else max_files
     if d.kind == "synthetic":
@@ -319,6 +334,10 @@ def format_report(report: CheckReport) -> str:
         if unseen:
             shown = ", ".join(map(str, unseen[:30])) + (", ..." if len(unseen) > 30 else "")
             lines.append(f"    not seen: {shown}")
+    if r.labelled:
+        lines.append(f"  labelled   : {r.labelled['count']} of {r.labelled['available']} pairs (data.labelled="
+                     f"{'all' if r.labelled['count'] == r.labelled['available'] else r.labelled['count']}), from "
+                     f"{r.labelled['source']}")
     if r.skipped:
         lines.append(f"  skipped    : {len(r.skipped)} unreadable files (data.skip_corrupt=true)")
     for w in r.warnings:

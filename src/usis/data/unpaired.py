@@ -34,7 +34,7 @@ from usis.config import ConfigError
 from usis.data.datasets import DataBundle, DatasetError
 from usis.errors import DataWarning
 
-LABELS, PHOTOS = 0, 1  # stream ids (mixed into the seeds)
+LABELS, PHOTOS, PAIRS = 0, 1, 2  # stream ids (mixed into the seeds)
 _STATE_VERSION = 1
 
 
@@ -128,7 +128,7 @@ class _Stream:
         if len(self.sampler) == 0:
             raise DatasetError(f"only {len(dataset)} {name} for batch size {batch_size}"
                                f"{f' x {world} ranks' if world > 1 else ''}: lower --set train.batch_size or add "
-                               f"more {name}")
+                               f"more {name}{' (--set data.labelled=K)' if stream == PAIRS else ''}")
         ds = dataset if getattr(dataset, "accepts_aug_seed", False) else _DropSeed(dataset)
         workers = max(0, int(num_workers))
         self.loader = DataLoader(
@@ -192,17 +192,24 @@ class UnpairedLoaders:
     """
 
     def __init__(self, bundle: DataBundle, batch_size: int, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False, drop_last: bool = True, distributed: bool = False):
+                 pin_memory: bool = False, drop_last: bool = True, distributed: bool = False,
+                 labelled: Dataset | None = None):
         common = dict(batch_size=batch_size, seed=seed, num_workers=num_workers, pin_memory=pin_memory,
                       drop_last=drop_last, distributed=distributed)
         self.labels = _Stream(bundle.labels, "label maps", LABELS, **common)
         self.photos = _Stream(bundle.photos, "photos", PHOTOS, **common)
+        # data.labelled: a third stream of (photo, its label map) pairs, with its own order and position
+        self.pairs = None if labelled is None else _Stream(labelled, "labelled pairs", PAIRS, **common)
 
     def next_labels(self) -> dict[str, Any]:
         return self.labels.next()
 
     def next_photos(self) -> dict[str, Any]:
         return self.photos.next()
+
+    def next_pairs(self) -> dict[str, Any] | None:
+        """``{"image", "label", "path", ...}`` of the labelled stream (``data.labelled``), or None without one."""
+        return None if self.pairs is None else self.pairs.next()
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         while True:
@@ -215,19 +222,29 @@ class UnpairedLoaders:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints only (safe for ``torch.load(weights_only=True)``)."""
-        return {"version": _STATE_VERSION, "labels": self.labels.state_dict(), "photos": self.photos.state_dict()}
+        state = {"version": _STATE_VERSION, "labels": self.labels.state_dict(), "photos": self.photos.state_dict()}
+        if self.pairs is not None:
+            state["pairs"] = self.pairs.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", 0)) != _STATE_VERSION:
             raise ValueError(f"unsupported data-stream state version {state.get('version')!r}")
         self.labels.load_state_dict(state["labels"])
         self.photos.load_state_dict(state["photos"])
+        if self.pairs is not None and "pairs" in state:
+            self.pairs.load_state_dict(state["pairs"])
+        elif self.pairs is not None:
+            warnings.warn("the checkpoint has no labelled stream (it was saved without data.labelled): the labelled "
+                          "pairs start from their first batch", DataWarning, stacklevel=2)
 
 
 def make_loaders(bundle: DataBundle, batch_size: int, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False, drop_last: bool = True, distributed: bool = False) -> UnpairedLoaders:
-    """Independent, endless, resumable label and photo streams over ``bundle`` (see module docstring)."""
-    return UnpairedLoaders(bundle, batch_size, seed, num_workers, pin_memory, drop_last, distributed)
+                 pin_memory: bool = False, drop_last: bool = True, distributed: bool = False,
+                 labelled: Dataset | None = None) -> UnpairedLoaders:
+    """Independent, endless, resumable label and photo streams over ``bundle`` (see module docstring), and with
+    ``labelled`` a third of labelled pairs."""
+    return UnpairedLoaders(bundle, batch_size, seed, num_workers, pin_memory, drop_last, distributed, labelled)
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -51,18 +51,36 @@ def _offsets(n: int, reach: int, x: Tensor, generator: torch.Generator | None) -
     return torch.randint(-reach, reach + 1, (n,), generator=generator, device=x.device)
 
 
-def translation(x: Tensor, generator: torch.Generator | None = None, ratio: float = 0.125) -> Tensor:
-    """``out[i, :, y, x] = in[i, :, y - dy_i, x - dx_i]`` where that pixel exists, else 0."""
-    n, _, h, w = x.shape
-    ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy, dx = _offsets(n, ry, x, generator), _offsets(n, rx, x, generator)
+def _shift(x: Tensor, dy: Tensor, dx: Tensor, fill: float = 0) -> Tensor:
+    """``out[i, ..., y, x] = x[i, ..., y - dy_i, x - dx_i]`` where that pixel exists, else ``fill``; ``x`` is
+    ``N x C x H x W`` (images) or ``N x H x W`` (label maps)."""
+    maps = x.dim() == 3
+    if maps:
+        x = x[:, None]
+    n, c, h, w = x.shape
     ys = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # n x h: the source row of each output row
     xs = torch.arange(w, device=x.device)[None, :] - dx[:, None]
     inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]  # n x h x w
-    rows = ys.clamp(0, h - 1)[:, None, :, None].expand(n, x.shape[1], h, w)
-    cols = xs.clamp(0, w - 1)[:, None, None, :].expand(n, x.shape[1], h, w)
+    rows = ys.clamp(0, h - 1)[:, None, :, None].expand(n, c, h, w)
+    cols = xs.clamp(0, w - 1)[:, None, None, :].expand(n, c, h, w)
     out = x.gather(2, rows).gather(3, cols)
-    return out * inside[:, None].to(x.dtype)
+    if x.is_floating_point() and fill == 0:
+        out = out * inside[:, None].to(x.dtype)  # (a product: differentiable, as DiffAugment's padding)
+    else:
+        out = torch.where(inside[:, None], out, torch.full_like(out, fill))
+    return out[:, 0] if maps else out
+
+
+def translation(x: Tensor, generator: torch.Generator | None = None, ratio: float = 0.125,
+                labels: Tensor | None = None, fill: int = 0) -> Tensor | tuple[Tensor, Tensor]:
+    """``out[i, :, y, x] = in[i, :, y - dy_i, x - dx_i]`` where that pixel exists, else 0. With ``labels``
+    (``N x H x W`` ids), they move with their images (uncovered pixels ``fill``) and both are returned."""
+    n, _, h, w = x.shape
+    ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    dy, dx = _offsets(n, ry, x, generator), _offsets(n, rx, x, generator)
+    if labels is None:
+        return _shift(x, dy, dx)
+    return _shift(x, dy, dx), _shift(labels, dy, dx, fill)
 
 
 def cutout(x: Tensor, generator: torch.Generator | None = None, ratio: float = 0.5) -> Tensor:
@@ -78,6 +96,23 @@ def cutout(x: Tensor, generator: torch.Generator | None = None, ratio: float = 0
 
 
 _OPS = {"color": color, "translation": translation, "cutout": cutout}
+
+
+def augment_pairs(images: Tensor, labels: Tensor, policy: str | tuple[str, ...], fill: int,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Photos and their label maps through ``policy``: ``color`` changes the photos only, ``translation``
+    moves both alike (the label map's uncovered pixels get ``fill``, the don't-care id); ``cutout`` is refused
+    (a hole in a photo has no class)."""
+    ops = parse_policy(policy) if isinstance(policy, str) else policy
+    if "cutout" in ops:
+        raise ValueError("cutout has no label map counterpart; use color and translation on labelled pairs")
+    channels_last = images.dim() == 4 and not images.is_contiguous() and \
+        images.is_contiguous(memory_format=torch.channels_last)
+    if "color" in ops:
+        images = color(images, generator)
+    if "translation" in ops:
+        images, labels = translation(images, generator, labels=labels, fill=fill)
+    return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), labels
 
 
 def augment(x: Tensor, policy: str | tuple[str, ...], generator: torch.Generator | None = None) -> Tensor:

@@ -9,10 +9,16 @@ phase           the network minimises                                           
 ==============  ==============================================================================  =============
 ``generator``   lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))                           Eq. 2, 3, 5
 ``segmenter``   L_seg(S(G(m, z)), m), on G's images: S never sees a photo                       Eq. 2, 3
+                (with ``data.labelled``: + lambda_labelled * L_seg(S(T(x_l)), T(m_l)), x_l's own m_l)
 ``discriminator``  L_adv_D(D(x), D(G(m, z))) + lambda_rec * L1(Dec(D_feat(x)), x)               Eq. 5, 3.3
 ``r1``          gamma * R1(D, x) on photos (StyleGAN2's lazy R1; ``train.r1_mode``)             Sec. 4
 ``ema``         G_ema <- decay * G_ema + (1 - decay) * G                                        Sec. 4
 ==============  ==============================================================================  =============
+
+A few labelled photos (``data.labelled``, issue 32): pairs ``(x_l, m_l)`` of a real photo and its own map.
+S also learns to segment them (through ``train.labelled_augment``: colour jitter, and a shift of both), so G's
+seg term asks G for what S learned from photos; with ``train.lambda_labelled_rec > 0`` G also learns
+``lambda_labelled_rec * L1(G(m_l, z), x_l)``.
 
 Beyond the paper (issue 31, off by default): with ``train.d_augment`` D sees photos and G's images only through
 a differentiable augmentation ``T`` (DiffAugment: ``D(x)`` above is ``D(T(x))``, the decoder rebuilds ``T(x)``,
@@ -36,7 +42,7 @@ network's own parameters; it may compute a forward or the ``seg`` term once for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -50,8 +56,16 @@ from usis.losses import (
     segmentation_loss,
     soft_labels,
 )
-from usis.nn.augment import augment, parse_policy
+from usis.nn.augment import augment, augment_pairs, parse_policy
 from usis.train.ema import update_ema
+
+
+class Pairs(NamedTuple):
+    """A batch of labelled pairs (``data.labelled``): photos, their maps as ids (``N x H x W``) and one-hot."""
+
+    photos: Tensor
+    labels: Tensor
+    m: Tensor
 
 
 @dataclass
@@ -88,12 +102,20 @@ class USISPhases:
         self.reverse = cfg.train.lambda_rev > 0
         self.d_policy = parse_policy(cfg.train.d_augment)
         self.s_policy = parse_policy(cfg.train.s_augment)
+        # labelled pairs: without a don't-care id to fill the uncovered border with, no shift
+        self.l_policy = tuple(op for op in parse_policy(cfg.train.labelled_augment)
+                              if dontcare is not None or op != "translation")
 
     # ------------------------------------------------------------------------------------ the views
 
     def d_view(self, images: Tensor) -> Tensor:
         """Images as D sees them: through ``train.d_augment`` (a fresh draw per call), or as they are."""
         return augment(images, self.d_policy)
+
+    def labelled_view(self, photos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Labelled photos and their maps as S learns them: through ``train.labelled_augment`` (a shift moves both;
+        the uncovered border is don't-care)."""
+        return augment_pairs(photos, labels, self.l_policy, fill=self.dontcare if self.dontcare is not None else 0)
 
     def s_view(self, images: Tensor) -> Tensor:
         """G's images as S reads them in the seg term: through ``train.s_augment``, or as they are."""
@@ -109,22 +131,31 @@ class USISPhases:
 
     # -------------------------------------------------------------------------------------- phases
 
-    def generator(self, m: Tensor, labels: Tensor, photos: Tensor) -> tuple[Tensor, Loss]:
+    def generator(self, m: Tensor, labels: Tensor, photos: Tensor, pairs: Pairs | None = None) -> tuple[Tensor, Loss]:
         """G: ``lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))``: fool D, and keep every class
-        recognisable for S. Returns G's images (the fakes S and D learn from) and G's loss."""
+        recognisable for S (and with labelled ``pairs`` and ``lambda_labelled_rec``: paint their photos from their
+        maps). Returns G's images (the fakes S and D learn from) and G's loss."""
         G, D = self.nets.G, self.nets.D
         fake = G(m)
         terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
                  "adv": (1.0, g_nonsaturating_loss(D(self.d_view(fake)).float()))}
+        if pairs is not None and self.t.lambda_labelled_rec > 0:
+            terms["labelled_rec"] = (self.t.lambda_labelled_rec, l1_reconstruction(G(pairs.m).float(), pairs.photos))
         if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
             with torch.no_grad():
                 read = soft_labels(self.nets.S(photos).float(), self.extra_channel)
             terms["rev"] = (self.t.lambda_rev, l1_reconstruction(G(read).float(), photos))
         return fake, Loss(terms)
 
-    def segmenter(self, fake: Tensor, labels: Tensor) -> Loss:
-        """S: ``L_seg(S(fake), m)``: learn to segment G's images into the label maps they were made from."""
-        return Loss({"seg": (1.0, self.seg(fake, labels))})
+    def segmenter(self, fake: Tensor, labels: Tensor, pairs: Pairs | None = None) -> Loss:
+        """S: ``L_seg(S(fake), m)``: learn to segment G's images into the label maps they were made from; and
+        with labelled ``pairs``, ``lambda_labelled * L_seg(S(T(x_l)), T(m_l))``: real photos into their own maps."""
+        terms = {"seg": (1.0, self.seg(fake, labels))}
+        if pairs is not None and self.t.lambda_labelled > 0:
+            x, m_l = self.labelled_view(pairs.photos, pairs.labels)
+            terms["labelled"] = (self.t.lambda_labelled, segmentation_loss(
+                self.t.seg_loss, self.nets.S(x).float(), m_l, self.dontcare, self.extra_channel))
+        return Loss(terms)
 
     def segmenter_reverse(self, photos: Tensor) -> tuple[Tensor, Loss]:
         """S's half of the reverse cycle (Table 3): read the photo so that G rebuilds it, and so that the label

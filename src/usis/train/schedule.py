@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from usis.config import Config
 from usis.nn import one_hot_labels
 from usis.train.distributed import Dist, PendingAverage
-from usis.train.phases import Loss, USISPhases
+from usis.train.phases import Loss, Pairs, USISPhases
 from usis.train.speed import Speed
 
 PHASE_NETWORKS = {"G": ("G",), "S": ("S",), "D": ("D", "decoder"), "D_label": ("D_label",)}
@@ -188,12 +188,18 @@ class Schedule:
 
     # ------------------------------------------------------------------------------------ the iteration
 
-    def step(self, it: int, labels: Tensor, photos: Tensor) -> dict[str, Tensor]:
-        """Iteration ``it`` on label maps ``labels`` (N x H x W ids) and UNRELATED ``photos``. Returns what it
-        logs, 0-d tensors on the device (nothing here waits for the device)."""
+    def step(self, it: int, labels: Tensor, photos: Tensor,
+             labelled: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Iteration ``it`` on label maps ``labels`` (N x H x W ids) and UNRELATED ``photos`` (and with
+        ``data.labelled``, ``labelled``: photos and their own maps). Returns what it logs, 0-d tensors on the
+        device (nothing here waits for the device)."""
         m = self.speed.batch(one_hot_labels(labels, self.num_classes))
         photos = self.speed.batch(photos)
-        fake, read, logs = self.update_generator_and_segmenter(m, labels, photos)
+        pairs = None
+        if labelled is not None:
+            x_l, m_l = labelled
+            pairs = Pairs(self.speed.batch(x_l), m_l, self.speed.batch(one_hot_labels(m_l, self.num_classes)))
+        fake, read, logs = self.update_generator_and_segmenter(m, labels, photos, pairs)
         d_fake = fake if self.share_d_forward else self._new_fake(m) if self.t.fresh_fakes else fake.detach()
         logs.update(self.update_discriminator(it, photos, d_fake))
         self._apply(self.updates["G"], self.updates["S"])  # their averages arrived while D's backward ran
@@ -203,20 +209,20 @@ class Schedule:
         self._forget()
         return logs
 
-    def update_generator_and_segmenter(self, m: Tensor, labels: Tensor, photos: Tensor):
+    def update_generator_and_segmenter(self, m: Tensor, labels: Tensor, photos: Tensor, pairs: Pairs | None = None):
         """G's phase and S's (and the reverse cycle's S half), their backwards, their averages started.
         Returns G's images, S's reading of the photos (reverse cycle; else None) and what they log."""
         G, S = self.updates["G"], self.updates["S"]
         with self._phase("G"):
-            fake, g = self.phases.generator(m, labels, photos)
+            fake, g = self.phases.generator(m, labels, photos, pairs)
         if self.t.fresh_fakes:  # S learns from a new batch, made by the updated G
             g_total = self._backward(g, G)
             self._reduce(G)
             with self._phase("S"):
-                s = self.phases.segmenter(self._new_fake(m), labels)
+                s = self.phases.segmenter(self._new_fake(m), labels, pairs)
         else:  # S learns from G's batch; with the seg term shared, G's backward gives S its gradient
             with self._phase("S"):
-                s = self.phases.segmenter(fake if self.share_seg else fake.detach(), labels)
+                s = self.phases.segmenter(fake if self.share_seg else fake.detach(), labels, pairs)
             g_total = self._backward(g, G, share_with=(s, S), retain_graph=self.share_d_forward)
         s_total = self._backward(s, S)  # S's terms that G's backward did not cover
         logs = {**_logged("g", g, g_total), **_logged("s", s, s_total)}

@@ -12,6 +12,7 @@ Label maps and photos come from two independent streams: they never correspond.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -37,6 +38,7 @@ from usis.checkpoint import (
 )
 from usis.config import Config, ConfigError
 from usis.data import build_datasets
+from usis.data.labelled import build_labelled
 from usis.data.unpaired import make_loaders
 from usis.errors import DiskFullError, TrainingDiverged
 from usis.generate import generate_images
@@ -150,10 +152,13 @@ class Trainer:
         self.lr = LinearDecay(t.lr_decay_from, [(self.opt_g, t.lr_g), (self.opt_s, t.lr_s), (self.opt_d, t.lr_d)]
                               + ([(self.opt_dl, t.lr_d)] if self.opt_dl is not None else []))
 
+        # data.labelled: K real photos with their own maps (None for the unpaired setting)
+        self.labelled = build_labelled(cfg, self.num_classes, coco_shift=cfg.data.kind == "coco")
         self.loaders = make_loaders(self.train_data, batch_size=self.local_batch, seed=t.seed,
                                     num_workers=min(cfg.data.num_workers, os.cpu_count() or 1),
                                     pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-                                    distributed=self.dist.enabled)
+                                    distributed=self.dist.enabled,
+                                    labelled=None if self.labelled is None else self.labelled.dataset)
         self.step = 0
         # training time of the run so far, over all its invocations (train.max_seconds counts against it); it
         # lives in the checkpoint with the LR decay's window, so a resumed run decays as an uninterrupted one
@@ -199,11 +204,13 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- the step
 
-    def train_step(self, labels: torch.Tensor, photos: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One USIS iteration on a label batch (N x H x W ids) and an UNRELATED photo batch: what each network
-        learns is :mod:`usis.train.phases`, how the work is scheduled :mod:`usis.train.schedule`. Returns the
-        step's losses as 0-d tensors on the device (reading them waits for the device)."""
-        losses = self.schedule.step(self.step, labels, photos)
+    def train_step(self, labels: torch.Tensor, photos: torch.Tensor,
+                   labelled: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One USIS iteration on a label batch (N x H x W ids) and an UNRELATED photo batch (with
+        ``data.labelled``, ``labelled``: photos and their own maps): what each network learns is
+        :mod:`usis.train.phases`, how the work is scheduled :mod:`usis.train.schedule`. Returns the step's
+        losses as 0-d tensors on the device (reading them waits for the device)."""
+        losses = self.schedule.step(self.step, labels, photos, labelled)
         self.step += 1
         return losses
 
@@ -416,7 +423,10 @@ class Trainer:
         else:
             hint = "no checkpoint was written yet; free some space there (or choose another --out) and start again"
         try:
-            atomic_write(self.out / "config.json", self.cfg.to_json())
+            config = self.cfg.to_dict()
+            if self.labelled is not None:  # which labelled pairs the run learns from (data.labelled)
+                config["labelled_pairs"] = self.labelled.record()
+            atomic_write(self.out / "config.json", json.dumps(config, indent=2, sort_keys=True))
         except DiskFullError as e:
             raise disk_full_error(e, self.out / "config.json", hint=hint) from e
 
@@ -455,9 +465,12 @@ class Trainer:
             while self.step < total:
                 labels = self.loaders.next_labels()["label"].to(self.device, non_blocking=True)
                 photos = self.loaders.next_photos()["image"].to(self.device, non_blocking=True)
+                pairs = self.loaders.next_pairs()
+                labelled = None if pairs is None else (pairs["image"].to(self.device, non_blocking=True),
+                                                       pairs["label"].to(self.device, non_blocking=True))
                 if self.lr.decays:
                     self.lr.set(self.lr_factor(total, budget))
-                losses = self.train_step(labels, photos)  # on the device: nothing here waits for it
+                losses = self.train_step(labels, photos, labelled)  # on the device: nothing here waits for it
                 self.divergence.observe(self.step, losses)
                 now = self.clock()
                 self.train_seconds += now - last_t

@@ -14,7 +14,8 @@ Every sample is drawn from a seeded numpy generator in two steps:
 Training data is UNPAIRED by construction: :class:`SyntheticLabels` and :class:`SyntheticPhotos` draw
 their layouts from different random streams, so a photo's own layout is never handed out as a label.
 :class:`SyntheticPaired` is a third stream (photo + its own layout) used only to train and measure the
-synthetic evaluator (:mod:`usis.metrics.synthetic_eval`).
+synthetic evaluator (:mod:`usis.metrics.synthetic_eval`); :class:`SyntheticLabelled`, a fourth, holds the
+labelled pairs of a semi-supervised run (``data.labelled``).
 
 Item ``i`` is a pure function of ``(seed, split, stream, i, height, width)``: its generator is
 ``np.random.default_rng([DATA_VERSION, seed, split_code, stream_code, i, height, width])``, so items do
@@ -25,7 +26,14 @@ The code is split in three: :mod:`~usis.data.synthetic.layout` (classes, sizes, 
 package exports their public names.
 """
 
-from usis.data.synthetic.datasets import SyntheticLabels, SyntheticPaired, SyntheticPhotos, item_rng, stack
+from usis.data.synthetic.datasets import (
+    SyntheticLabelled,
+    SyntheticLabels,
+    SyntheticPaired,
+    SyntheticPhotos,
+    item_rng,
+    stack,
+)
 from usis.data.synthetic.layout import (
     BUILDING,
     CAR,
@@ -52,5 +60,5 @@ from usis.data.synthetic.rendering import labels_to_rgb, render
 
 __all__ = ["BUILDING", "CAR", "CLASS_NAMES", "DATA_VERSION", "DONTCARE", "NUM_CLASSES", "PALETTE", "PERSON", "POLE",
            "ROAD", "SIDEWALK", "SIGN", "SKY", "SPLITS", "TREE", "UNLABELED", "Scene", "SyntheticLabels",
-           "SyntheticPaired", "SyntheticPhotos", "check_size", "item_rng", "labels_to_rgb", "make_layout", "make_scene",
+           "SyntheticLabelled", "SyntheticPaired", "SyntheticPhotos", "check_size", "item_rng", "labels_to_rgb", "make_layout", "make_scene",
            "render", "stack"]

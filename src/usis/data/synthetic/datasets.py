@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from usis.data.synthetic.layout import (
+    _STREAM_LABELLED,
     _STREAM_LABELS,
     _STREAM_PAIRED,
     _STREAM_PHOTOS,
@@ -127,3 +128,10 @@ def stack(dataset: Dataset, key: str, n: int | None = None) -> torch.Tensor:
     if n == 0:
         raise ValueError("cannot stack an empty synthetic dataset")
     return torch.stack([dataset[i][key] for i in range(n)])
+
+
+class SyntheticLabelled(SyntheticPaired):
+    """The labelled photos a semi-supervised run may use (``data.labelled``): photo + its own layout, like
+    :class:`SyntheticPaired` but from a fourth stream, so never one of the evaluator's or the test photos."""
+
+    stream, kind = _STREAM_LABELLED, "labelled"

@@ -43,7 +43,7 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
-_STREAM_LABELS, _STREAM_PHOTOS, _STREAM_PAIRED = 1, 2, 3
+_STREAM_LABELS, _STREAM_PHOTOS, _STREAM_PAIRED, _STREAM_LABELLED = 1, 2, 3, 4
 
 
 def check_size(height: int, width: int) -> None:
