@@ -127,6 +127,15 @@ STUDIES: dict[str, Study] = {
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",
     ),
+    # Issue 32: a few labelled photos. K real photos with their own maps (S learns them; the views on), from the
+    # synthetic benchmark's labelled stream; K = all is the paired setting. k10_rec adds G's L1 to the pairs.
+    "labelled": Study(
+        variants={"k0": [], "k10": ["data.labelled=10"], "k50": ["data.labelled=50"], "kall": ["data.labelled=all"],
+                  "k10_rec": ["data.labelled=10", "train.lambda_labelled_rec=1"]},
+        iters=1500,
+        eval_every=500,
+        about="issue 32: K labelled photos (0, 10, 50, all) and G's L1 to them",
+    ),
     # Issue 19: the CPU default the synthetic preset now trains with (channels-last; fp32, eager) against NCHW.
     # The memory format changes the order of float sums, not the maps: does it change what the model learns?
     "speed": Study(
