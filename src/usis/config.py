@@ -415,6 +415,17 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return cfg.sync()
 
 
+def parse_count(text: str) -> int | None:
+    """``data.labelled``: ``"0"`` -> 0 (unpaired), ``"K"`` -> K, ``"all"`` -> None (every pair)."""
+    value = str(text).strip().lower()
+    if value == "all":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise ConfigError(f"data.labelled={text!r}: the number of labelled photos to use (0 = none, the unpaired "
+                      "setting) or all (every labelled pair of the training split: the paired setting)")
+
+
 def validate(cfg: Config) -> None:
     """Cheap structural checks that do not touch the data."""
     d, m = cfg.data, cfg.model
@@ -441,8 +452,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.r1_mode={t.r1_mode!r}: choose reference (separate lazy R1 step) or fused")
     if t.seg_loss not in ("ce", "l1"):
         raise ConfigError(f"train.seg_loss={t.seg_loss!r}: choose ce (USIS) or l1 (the L1 cycle loss)")
-    from usis.data.labelled import parse_count
-    from usis.nn.augment import parse_policy
+    from usis.nn.augment import parse_policy  # lazy: the config module stays free of torch
 
     parse_count(d.labelled)
     for key in ("d_augment", "s_augment", "labelled_augment"):

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 import usis.data.synthetic as synthetic
-from usis.config import Config, ConfigError
+from usis.config import Config, ConfigError, parse_count
 from usis.data.datasets import (
     LABEL_EXTS,
     PHOTO_EXTS,
@@ -47,17 +47,6 @@ from usis.data.datasets import (
 from usis.errors import DatasetError
 
 CHECKED = 200  # pairs whose map is read in full (ids) when the run starts; every pair's sizes are checked
-
-
-def parse_count(text: str) -> int | None:
-    """``data.labelled``: ``"0"`` -> 0 (unpaired), ``"K"`` -> K, ``"all"`` -> None (every pair)."""
-    value = str(text).strip().lower()
-    if value == "all":
-        return None
-    if value.isdigit():
-        return int(value)
-    raise ConfigError(f"data.labelled={text!r}: the number of labelled photos to use (0 = none, the unpaired "
-                      "setting) or all (every labelled pair of the training split: the paired setting)")
 
 
 def choose(available: int, count: int | None, seed: int) -> list[int]:
