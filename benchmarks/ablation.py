@@ -122,7 +122,9 @@ STUDIES: dict[str, Study] = {
                   "d_aug_color": ["train.d_augment=color,translation,cutout"],
                   "s_aug_color": ["train.s_augment=color"],
                   # half of the noise channels drawn per class region (each class its own look)
-                  "class_style": ["model.class_style=4"]},
+                  "class_style": ["model.class_style=4"],
+                  # a second, local D scale: a logit per 8x8 patch beside the whole image's
+                  "d_patch": ["model.d_patch=true"]},
         iters=1500,
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",

@@ -282,3 +282,30 @@ def test_the_conditioning_pyramid_is_nearest_neighbour_resizing(channels_last):
         assert torch.equal(t, F.interpolate(seg, size=size, mode="nearest")), size
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         assert t.is_contiguous(memory_format=fmt)
+
+
+def test_the_patch_head_is_a_second_scale_and_leaves_the_image_head_as_it_was():
+    """model.d_patch: (image logits, a logit per 8x8 patch); the image head computes what it did without it, and
+    the adversarial losses are the sums over the heads."""
+    from usis.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+    from usis.nn.discriminator import WaveletDiscriminator
+
+    torch.manual_seed(0)
+    plain = WaveletDiscriminator(64, 128, ch=8, max_ch=16)
+    torch.manual_seed(0)
+    two = WaveletDiscriminator(64, 128, ch=8, max_ch=16, patch=True)
+    x = torch.randn(2, 3, 64, 128, requires_grad=True)
+    image, patches = two(x)
+    assert image.shape == (2,) and patches.shape == (2, 1, 8, 16)
+    assert torch.equal(image, plain(x))  # the same encoder and head, drawn first
+    y = torch.randn(2, 3, 64, 128)
+    fake = two(y)
+    torch.testing.assert_close(d_logistic_loss((image, patches), fake),
+                               d_logistic_loss(image, fake[0]) + d_logistic_loss(patches, fake[1]))
+    torch.testing.assert_close(g_nonsaturating_loss(fake), g_nonsaturating_loss(fake[0]) + g_nonsaturating_loss(fake[1]))
+    (grad,) = torch.autograd.grad(image.sum() + patches.sum(), x, retain_graph=True)
+    torch.testing.assert_close(r1_penalty((image, patches), x), grad.pow(2).reshape(2, -1).sum(1).mean())
+    # a patch head sees its patch's surroundings, not the whole image: a change far away leaves it as it was
+    z = x.detach().clone()
+    z[..., :, 96:] += 1.0
+    assert torch.equal(two(z)[1][..., :, :6], patches.detach()[..., :, :6])

@@ -28,6 +28,8 @@ L2_WEIGHT = 0.05  # the made-up term: a small L2 on S's logits of G's images, ad
 CASES = {
     "seg and D forward shared": ["train.lambda_seg=2.5"],  # S's seg term through G's backward, weights 2.5 : 1
     "nothing of S shared": ["train.lambda_seg=0"],
+    # a D with two heads (model.d_patch): the image's logit and one per patch, each its own adversarial term
+    "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true"],
     # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
     "labelled pairs": ["train.lambda_seg=2.5", "data.labelled=6", "train.lambda_labelled=0.7",
                        "train.lambda_labelled_rec=1.5", "train.labelled_augment="],

@@ -91,6 +91,9 @@ class ModelConfig:
     d_type: str = "wavelet"  # wavelet | whole | patch
     d_ch: int = 64  # 64 -> the SWAGAN channel table with channel_multiplier 2 (max 512)
     d_max_ch: int = 512
+    # beyond the paper (issue 31's candidate): a second, local scale on the wavelet D, a logit per 8x8 patch
+    # from its features at 1/8 of the image, its own term in the adversarial losses (usis.nn.discriminator)
+    d_patch: bool = False
     decoder: bool = True
     dec_ch: int = 256  # widest decoder layer
 
@@ -475,5 +478,8 @@ def validate(cfg: Config) -> None:
                           f"from 0 to model.z_dim ({m.z_dim}, with model.noise_3d)")
     if t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
         raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose inductor, aot_eager, eager or cudagraphs")
+    if m.d_patch and m.d_type != "wavelet":
+        raise ConfigError(f"model.d_patch=true with model.d_type={m.d_type}: the patch head is built on the wavelet "
+                          "discriminator only")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

@@ -1,6 +1,8 @@
 """USIS losses as pure functions (Eq. 2-5 of the paper).
 
-Images are ``N x 3 x H x W`` in [-1, 1]; label maps are int64 class ids ``N x H x W``.
+Images are ``N x 3 x H x W`` in [-1, 1]; label maps are int64 class ids ``N x H x W``. A discriminator's
+logits are one tensor, or a tuple of them, one per head (``model.d_patch``: a whole-image logit and one per
+patch); each adversarial loss is then the sum over the heads of the head's loss.
 """
 
 from __future__ import annotations
@@ -49,22 +51,46 @@ def class_balanced_ce(logits: torch.Tensor, labels: torch.Tensor, dontcare: int 
     return (weights[labels] * ce).mean()
 
 
-def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating logistic D loss: ``-log D(x) - log(1 - D(G(m)))`` with D = sigmoid(logits)."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+Logits = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating G loss: ``-log D(G(m))``."""
-    return F.softplus(-fake_logits).mean()
+def heads(logits: Logits) -> tuple[torch.Tensor, ...]:
+    """A discriminator's output as the tuple of its heads' logits."""
+    return tuple(logits) if isinstance(logits, (tuple, list)) else (logits,)
 
 
-def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
-    """R1: ``E ||grad_x D(x)||^2`` on real images (``real_images`` must require grad).
+def as_float(logits: Logits) -> Logits:
+    """The logits in float32 (out of autocast), in the same structure."""
+    return tuple(x.float() for x in logits) if isinstance(logits, (tuple, list)) else logits.float()
+
+
+def _over_heads(*terms: torch.Tensor) -> torch.Tensor:
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def d_logistic_loss(real_logits: Logits, fake_logits: Logits) -> torch.Tensor:
+    """Non-saturating logistic D loss: ``-log D(x) - log(1 - D(G(m)))`` with D = sigmoid(logits), each term the
+    mean over the head's logits; summed over the heads."""
+    return _over_heads(*(F.softplus(-r).mean() + F.softplus(f).mean()
+                         for r, f in zip(heads(real_logits), heads(fake_logits), strict=True)))
+
+
+def g_nonsaturating_loss(fake_logits: Logits) -> torch.Tensor:
+    """Non-saturating G loss: ``-log D(G(m))`` (the mean over a head's logits; summed over the heads)."""
+    return _over_heads(*(F.softplus(-f).mean() for f in heads(fake_logits)))
+
+
+def r1_penalty(real_logits: Logits, real_images: torch.Tensor) -> torch.Tensor:
+    """R1: ``E ||grad_x D(x)||^2`` on real images (``real_images`` must require grad), ``D(x)`` the sum of the
+    logits of every head.
 
     Returned without the ``gamma / 2`` factor; the caller scales it (and by the lazy interval).
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    (grad,) = torch.autograd.grad(_over_heads(*(x.sum() for x in heads(real_logits))), real_images,
+                                  create_graph=True)
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 
 

@@ -87,11 +87,18 @@ class _Head(nn.Module):
 
 
 class WaveletDiscriminator(Pretrained):
-    """SWAGAN discriminator for an ``height x width`` RGB image; one logit per image."""
+    """SWAGAN discriminator for an ``height x width`` RGB image; one logit per image.
+
+    ``patch`` (``model.d_patch``; not in the paper): a second, local scale. A 3x3 conv and a 1x1 conv on the
+    encoder's features at 1/8 of the image give a logit per 8 x 8 patch, and ``forward`` returns the pair
+    ``(image logits N, patch logits N x 1 x H/8 x W/8)`` (see :mod:`usis.losses` for how both are used).
+    A car a few hundred pixels big is one of the whole-image head's 8,192 pixels but a patch head's dozen
+    patches.
+    """
 
     weights_name = "discriminator.safetensors"
 
-    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512):
+    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512, patch: bool = False):
         super().__init__()
         self.size = (height, width)
         size = 2 ** int(round(math.log2(max(height, width))))
@@ -106,6 +113,10 @@ class WaveletDiscriminator(Pretrained):
         self.feature_strides = [2 ** (k + 2) for k in range(n)]
         final = (height // 2 ** (n + 1), width // 2 ** (n + 1))
         self.head = _Head(couts[-1], couts[-1], final)
+        self.patch_at = min(1, n - 1) if patch else None  # the block whose features are at stride 8
+        if patch:
+            c = couts[self.patch_at]
+            self.patch_head = nn.Sequential(ConvLayer(c, c, 3), ConvLayer(c, 1, 1, activate=False))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if x.shape[-2:] != self.size:
@@ -118,6 +129,8 @@ class WaveletDiscriminator(Pretrained):
             feats.append(out)
         _, out = self.from_last(coeffs, out)
         logits = self.head(out)
+        if self.patch_at is not None:
+            logits = (logits, self.patch_head(feats[self.patch_at]))
         return (logits, feats) if return_features else logits
 
 
@@ -246,9 +259,12 @@ class Decoder(Pretrained):
         return torch.tanh(iwt(self.to_wavelet(x)))
 
 
-def build_discriminator(kind: str, height: int, width: int, ch: int = 64, max_ch: int = 512) -> nn.Module:
+def build_discriminator(kind: str, height: int, width: int, ch: int = 64, max_ch: int = 512,
+                        patch: bool = False) -> nn.Module:
+    if patch and kind != "wavelet":
+        raise ValueError("a patch head (model.d_patch) is built on the wavelet discriminator only")
     if kind == "wavelet":
-        return WaveletDiscriminator(height, width, ch, max_ch)
+        return WaveletDiscriminator(height, width, ch, max_ch, patch=patch)
     if kind == "whole":
         return WholeDiscriminator(height, width, ch, max_ch)
     if kind == "patch":

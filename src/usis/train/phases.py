@@ -49,8 +49,10 @@ from torch import Tensor
 
 from usis.config import Config
 from usis.losses import (
+    as_float,
     d_logistic_loss,
     g_nonsaturating_loss,
+    heads,
     l1_reconstruction,
     r1_penalty,
     segmentation_loss,
@@ -138,7 +140,7 @@ class USISPhases:
         G, D = self.nets.G, self.nets.D
         fake = G(m)
         terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
-                 "adv": (1.0, g_nonsaturating_loss(D(self.d_view(fake)).float()))}
+                 "adv": (1.0, g_nonsaturating_loss(as_float(D(self.d_view(fake)))))}
         if pairs is not None and self.t.lambda_labelled_rec > 0:
             terms["labelled_rec"] = (self.t.lambda_labelled_rec, l1_reconstruction(G(pairs.m).float(), pairs.photos))
         if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
@@ -172,18 +174,18 @@ class USISPhases:
         photos = self.d_view(photos)
         real_logits, feats = D(photos, return_features=True)
         fake_logits = D(self.d_view(fake))
-        terms = {"adv": (1.0, d_logistic_loss(real_logits.float(), fake_logits.float()))}
+        terms = {"adv": (1.0, d_logistic_loss(as_float(real_logits), as_float(fake_logits)))}
         if dec is not None:
             terms["rec"] = (self.t.lambda_rec, l1_reconstruction(dec(feats).float(), photos))
-        return Loss(terms, logs={"d_real": real_logits.detach().float().mean(),
-                                 "d_fake": fake_logits.detach().float().mean()})
+        return Loss(terms, logs={"d_real": heads(real_logits)[0].detach().float().mean(),
+                                 "d_fake": heads(fake_logits)[0].detach().float().mean()})
 
     def r1(self, photos: Tensor) -> Loss:
         """D's R1 penalty ``E ||grad_x D(x)||^2`` on photos (``photos`` must require grad). Weighted by
         ``r1_gamma`` as in the reference (``train.r1_mode=reference``), by ``r1_gamma / 2`` as in StyleGAN2
         (``fused``)."""
         gamma = self.t.r1_gamma if self.t.r1_mode == "reference" else self.t.r1_gamma / 2
-        return Loss({"r1": (gamma, r1_penalty(self.nets.D(self.d_view(photos)).float(), photos))})
+        return Loss({"r1": (gamma, r1_penalty(as_float(self.nets.D(self.d_view(photos))), photos))})
 
     def label_discriminator(self, m: Tensor, read: Tensor) -> Loss:
         """D_label (reverse cycle): tell the label stream's maps from S's readings of photos."""
