@@ -1,0 +1,44 @@
+"""benchmarks/peers.py: the steps documented, the peers' data as they read it, and one message (with the command
+that fetches them) where their code is missing. Their training itself runs in the benchmark, not here."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _peers():
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_help_documents_the_steps():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for step in ("prepare", "train", "test", "score", "report", "get_peers.sh", "--preprocess none", "module."):
+        assert step in out
+
+
+def test_the_peers_read_palette_maps_and_photos_and_a_missing_checkout_is_one_message(tmp_path, monkeypatch, capsys):
+    peers = _peers()
+    monkeypatch.setattr(peers, "PEERS", tmp_path / "nowhere")
+    code = peers.main(["train", "--methods", "cut", "--train-images", "3", "--work", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bash benchmarks/get_peers.sh" in err and "nowhere/cut" in err
+    data = tmp_path / "work" / "data"
+    assert [len(list((data / s).glob("*.png"))) for s in ("trainA", "trainB", "testA", "testB")] == [3, 3, 200, 200]
+    # trainA: exact palette colours (no resize blending class borders), one per class present
+    from usis.data.synthetic import PALETTE
+
+    a = np.asarray(Image.open(data / "trainA" / "00000.png"))
+    assert a.shape == (64, 128, 3)
+    assert {tuple(c) for c in a.reshape(-1, 3)} <= {tuple(c) for c in PALETTE}
+    b = np.asarray(Image.open(data / "trainB" / "00000.png"))
+    assert b.shape == (64, 128, 3) and len(np.unique(b.reshape(-1, 3), axis=0)) > 100  # a photo
