@@ -8,8 +8,9 @@ Steps (each resumable; ``all`` runs them in order):
    stream (``--train-images`` of each; default 1,500), ``testA`` = the 200 validation maps the synthetic evaluation
    scores (palette colours), ``testB`` = the 200 validation photos.
 2. ``train``: each method's own ``train.py`` (``benchmarks/peers/<code>/``, fetched by ``get_peers.sh``), on the
-   CPU (``--gpu_ids -1``), ``--preprocess none`` at 64x128, batch 1, ``--ngf/--ndf --width`` (16 by default: see
-   ``--help`` of ``flops``), for ``--images`` training images (default 9,000: the synthetic preset's 4,500 steps at
+   CPU (``--gpu_ids -1``), ``--preprocess none`` at 64x128, batch 1, ``--ngf/--ndf --width`` (16 by default: ``flops``
+   prints the forward FLOPs of their networks at a width beside the preset's: at 64x128 their G is 1.06 GFLOP
+   at 16 and 16.0 at their default 64, the preset's G 0.72; their D 0.10 at 16, the preset's 0.29), for ``--images`` training images (default 9,000: the synthetic preset's 4,500 steps at
    batch 2), the learning rate decayed to 0 over the last third (their linear policy). The global RNG is seeded
    (``--seed``) before their script runs; nothing of theirs is changed. On a CPU their DataParallel wrapper saves
    weights with a ``module.`` prefix their own ``test.py`` cannot load: the prefix is stripped after training.
@@ -181,6 +182,37 @@ def test(method: str, seed: int, data: Path, work: Path, width: int) -> Path:
     return images
 
 
+# ------------------------------------------------------------------------------------ the width: flops
+
+
+def flops(widths: list[int]) -> list[str]:
+    """Forward FLOPs per 64x128 image of CUT's generator and discriminator (its code, their defaults but the
+    width) beside the synthetic preset's G and D: the basis of ``--width``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from usis.config import get_preset
+    from usis.nn.build import build_networks
+    from usis.nn.generator import one_hot_labels
+
+    def count(net, *inputs):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            net(*inputs)
+        return fc.get_total_flops() / 1e9
+
+    x = torch.zeros(1, 3, HEIGHT, WIDTH)
+    nets = build_networks(get_preset("synthetic").sync())
+    m = one_hot_labels(torch.zeros(1, HEIGHT, WIDTH, dtype=torch.long), nets.G.num_classes)
+    lines = [f"usis, the synthetic preset: G {count(nets.G.eval(), m):.3f} GFLOP, D {count(nets.D, x):.3f} GFLOP"]
+    sys.path.insert(0, str(checkout("cut")))
+    from models import networks  # lazy: their code, from their checkout
+
+    for w in widths:
+        G = networks.define_G(3, 3, w, "resnet_9blocks", "instance", False, "xavier", 0.02, False, False, [])
+        D = networks.define_D(3, w, "basic", 3, "instance", "xavier", 0.02, False, [])
+        lines.append(f"CUT's code, --ngf {w} --ndf {w}: G {count(G, x):.3f} GFLOP, D {count(D, x):.3f} GFLOP")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- 4. score
 
 
@@ -279,7 +311,7 @@ def report(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "train", "test", "score", "all"])
+    ap.add_argument("step", choices=["prepare", "train", "test", "score", "all", "flops"])
     ap.add_argument("--methods", nargs="+", default=["cut", "fastcut", "cyclegan"], choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--width", type=int, default=16, help="--ngf and --ndf of the peers (16: ~our preset's compute)")
@@ -293,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
+    if args.step == "flops":
+        try:
+            print("\n".join(flops([args.width, 64])))
+        except PeersError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         usis = dict(item.split("=", 1) for item in args.usis)
     except ValueError:
