@@ -129,6 +129,16 @@ STUDIES: dict[str, Study] = {
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",
     ),
+    # Issue 31, deliver 2: quality against training length and width. One run per seed to 12,000 steps (the
+    # preset's learning rates are constant, so its step-k checkpoint is a k-step run's), evaluated and kept
+    # (checkpoints/step_*.pt, for the downstream study) at 1,500, 3,000, 6,000, 9,000 and 12,000 steps.
+    "length": Study(
+        base=["train.keep_every=1500"],
+        variants={"preset": [], "g_width_2x": ["model.g_ch=16", "model.spade_hidden=32"]},
+        iters=12000,
+        eval_every=1500,
+        about="issue 31: the preset's recipe at 1.5k-12k steps, at today's width and twice it",
+    ),
     # Issue 32: a few labelled photos. K real photos with their own maps (S learns them; the views on), from the
     # synthetic benchmark's labelled stream; K = all is the paired setting. k10_rec adds G's L1 to the pairs.
     "labelled": Study(

@@ -234,3 +234,16 @@ def test_an_evaluation_step_is_evaluated_and_logged_once(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [2]
     tr.fit(3, eval_at_start=False)  # a new step is evaluated again
     assert calls == [2, 3]
+
+
+def test_keep_every_keeps_the_generator_along_its_training(tmp_path):
+    from usis.generate import load_generator
+    from usis.train.trainer import Trainer
+
+    tr = Trainer(tiny_cfg("train.keep_every=2", "train.ckpt_every=3"), tmp_path, progress=False)
+    tr.fit(5, eval_at_start=False)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_0000002.pt", "step_0000004.pt"]
+    steps = [torch.load(tmp_path / "checkpoints" / k, weights_only=True)["step"] for k in kept]
+    assert steps == [2, 4]  # each its own step, not overwritten by later saves
+    assert load_generator(tmp_path / "checkpoints" / "step_0000002.pt").step == 2

@@ -170,6 +170,9 @@ class TrainConfig:
     sample_every: int = 1000
     eval_every: int = 5000  # >0: every N steps plus start and end; 0: start and end only; <0: never
     ckpt_every: int = 1000
+    # every keep_every steps (0 = never) the checkpoint is also kept as checkpoints/step_<step>.pt: the generator
+    # along its training (studies of length; an earlier generator to go back to)
+    keep_every: int = 0
     num_threads: int = 0  # torch intra-op threads on CPU (per process); 0 -> torch default (cores / nproc)
     # Data-parallel processes on this machine (usis.train.distributed): CPU -> gloo, CUDA -> one GPU each.
     # batch_size is the global batch, split evenly over them. 0 = auto: 1 on CUDA; on a CPU one per core

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -414,6 +415,20 @@ class Trainer:
         self.log.flush()
         return summary
 
+    def _keep(self) -> None:
+        """``train.keep_every``: latest.pt, just written, kept as ``step_<step>.pt`` beside it (a hard link where
+        the file system allows, else a copy)."""
+        if not self.is_main:
+            return
+        latest = checkpoint_path(self.out)
+        kept = latest.with_name(f"step_{self.step:07d}.pt")
+        if kept.exists():
+            return
+        try:
+            os.link(latest, kept)
+        except OSError:
+            shutil.copy2(latest, kept)
+
     def _write_config(self) -> None:
         """``config.json``, the run's resolved config, written as the run (or its resumption) starts; a full disk
         is one message (:class:`~usis.errors.DiskFullError`) saying what is kept and how to go on."""
@@ -476,7 +491,8 @@ class Trainer:
                 self.train_seconds += now - last_t
                 last_t = now
                 logs = self.step % t.log_every == 0 or self.step == total
-                saves = bool(t.ckpt_every and self.step % t.ckpt_every == 0)
+                keeps = bool(t.keep_every and self.step % t.keep_every == 0)
+                saves = bool(t.ckpt_every and self.step % t.ckpt_every == 0) or keeps
                 # The losses are read (one synchronisation) only when logged and before a checkpoint is written,
                 # and that is when the ranks agree to stop (a stop or the time budget on any rank) or that the run
                 # diverged: a data-parallel step then has two collectives (G's and D's gradients), not three, and
@@ -500,6 +516,8 @@ class Trainer:
                     self.run_evaluation()
                 if saves:
                     self.save("latest")
+                if keeps:
+                    self._keep()
                 if stop_now:
                     summary["interrupted"] = True
                     break
@@ -510,6 +528,8 @@ class Trainer:
                     summary["lr_decay_ended"] = True  # the learning rates are 0: nothing more to train
                     break
         self.save("latest")
+        if t.keep_every and self.step % t.keep_every == 0:
+            self._keep()
         if not summary["interrupted"]:
             if not (t.sample_every and self.step % t.sample_every == 0):
                 self.sample_grid()
