@@ -32,12 +32,12 @@ def _inject_at(monkeypatch, step_k, where):
     """Before the training step that starts at ``step_k``, write a NaN into ``where(trainer)``."""
     real = Trainer.train_step
 
-    def train_step(self, labels, photos):
+    def train_step(self, labels, photos, labelled=None):
         if self.step == step_k:
             with torch.no_grad():
                 t = where(self)
                 t[(0,) * t.dim()] = float("nan")  # any memory format (the preset trains channels-last)
-        return real(self, labels, photos)
+        return real(self, labels, photos, labelled)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
 

@@ -118,12 +118,12 @@ def test_a_nan_between_two_reads_is_reported_at_its_own_step(tmp_path, monkeypat
     # losses are read every log_every=4 steps; the NaN enters at step 6, which is not a read
     real = Trainer.train_step
 
-    def train_step(self, labels, photos):
+    def train_step(self, labels, photos, labelled=None):
         if self.step == 5:
             with torch.no_grad():
                 w = self.nets.G.conv_img.weight
                 w[(0,) * w.dim()] = float("nan")  # any memory format (the preset trains channels-last)
-        return real(self, labels, photos)
+        return real(self, labels, photos, labelled)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
     from conftest import TINY

@@ -485,7 +485,10 @@ class Trainer:
                                                        pairs["label"].to(self.device, non_blocking=True))
                 if self.lr.decays:
                     self.lr.set(self.lr_factor(total, budget))
-                losses = self.train_step(labels, photos, labelled)  # on the device: nothing here waits for it
+                # on the device: nothing here waits for it (an override of train_step(labels, photos) still works
+                # for unpaired runs)
+                losses = self.train_step(labels, photos) if labelled is None else self.train_step(labels, photos,
+                                                                                                    labelled)
                 self.divergence.observe(self.step, losses)
                 now = self.clock()
                 self.train_seconds += now - last_t
