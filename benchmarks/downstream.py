@@ -221,7 +221,7 @@ def run_study(args) -> dict[str, dict[int, dict]]:
         ident = {"protocol": proto, "checkpoint": str(Path(ckpt).resolve()), "digest": digest(ckpt), "seed": i}
         data = None
         nets: dict[str, EvalNet] = {}
-        for row in ROWS:
+        for row in args.rows:
             path = work / "results" / row / f"seed{i}.json"
             if path.is_file():
                 old = json.loads(path.read_text())
@@ -260,17 +260,26 @@ def _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device) 
     segmenter this one fine-tunes), the S scores of the one-style sets and the ignored share of the filtered."""
     synth = work / "synth" / f"g{i}"
     b = args.batch_size
-    dirs = {"usis_all": synthesize(ckpt, maps, synth / "all", None, args.per_map, device, b),
-            "usis_kept": synthesize(ckpt, maps, synth / "kept", args.keep, args.per_map, device, b),
-            "usis_seeds": synthesize(ckpt, maps, synth / "seeds", None, args.per_map, device, b, one_style=False),
-            "usis_filtered": synthesize(ckpt, maps, synth / "filtered", None, args.per_map, device, b, one_style=False,
-                                        pixel_filter=FILTER_MARGIN),
-            "usis_resampled": synthesize(ckpt, maps, synth / "resampled", None, RESAMPLE_N, device, b,
-                                         one_style=False, resample="hard"),
-            "usis_filtered_resampled": synthesize(ckpt, maps, synth / "filtered_resampled", None, RESAMPLE_N, device,
-                                                  b, one_style=False, pixel_filter=FILTER_MARGIN, resample="hard")}
+    make = {"usis_all": lambda: synthesize(ckpt, maps, synth / "all", None, args.per_map, device, b),
+            "usis_kept": lambda: synthesize(ckpt, maps, synth / "kept", args.keep, args.per_map, device, b),
+            "usis_seeds": lambda: synthesize(ckpt, maps, synth / "seeds", None, args.per_map, device, b,
+                                             one_style=False),
+            "usis_filtered": lambda: synthesize(ckpt, maps, synth / "filtered", None, args.per_map, device, b,
+                                                one_style=False, pixel_filter=FILTER_MARGIN),
+            "usis_resampled": lambda: synthesize(ckpt, maps, synth / "resampled", None, RESAMPLE_N, device, b,
+                                                 one_style=False, resample="hard"),
+            "usis_filtered_resampled": lambda: synthesize(ckpt, maps, synth / "filtered_resampled", None, RESAMPLE_N,
+                                                          device, b, one_style=False, pixel_filter=FILTER_MARGIN,
+                                                          resample="hard")}
+    # only the sets the requested rows need (--rows): the mixing rows take the recipe's set and the one-style set
+    needed = {r for r in args.rows if r in make}
+    if any(r.startswith("few") for r in args.rows):
+        needed |= {RECIPE, "usis_all"}
+    if "usis_all" in needed:
+        needed.add("usis_kept")  # its S scores are reported beside the one-style set's
+    dirs = {row: make[row]() for row in make if row in needed}
     sets = {row: read_pairs(d) for row, d in dirs.items()}
-    every = manifest(dirs["usis_kept"])
+    every = manifest(dirs["usis_kept"]) if "usis_kept" in dirs else []
 
     def mean_score(rows):
         vals = [r["score"]["miou"] for r in rows if r["score"] is not None]
@@ -282,19 +291,25 @@ def _row_data(ckpt, i, maps, work, pool_images, pool_labels, few, args, device) 
         return dropped / total if total else math.nan
 
     rejected = [r for r in every if not r["kept"]]
-    if i == 0:
+    if i == 0 and "usis_all" in sets:
         pairs_grid(dirs["usis_all"], sets["usis_all"][2], Path(args.report_dir) / f"{args.name}_pairs.png")
     out = {
         "oracle": (pool_images, pool_labels, None, None),
         "no_translation": (painted(pool_labels), pool_labels, None, None),
         **{row: (img, lab, None, None) for row, (img, lab, _) in sets.items()},
-        "few_real+usis": (torch.cat([pool_images[:few], sets["usis_all"][0]]),
-                          torch.cat([pool_labels[:few], sets["usis_all"][1]]), None, None),
-        "scores": {"usis_all": {"mean": mean_score(sets["usis_all"][2])},
-                   "usis_kept": {"mean_kept": mean_score(sets["usis_kept"][2]), "mean_rejected": mean_score(rejected),
-                                 "kept": len(sets["usis_kept"][2]), "rejected": len(rejected)}},
-        "ignored": {row: ignored_share(sets[row][2]) for row in ("usis_filtered", "usis_filtered_resampled")},
+        "scores": {},
+        "ignored": {row: ignored_share(sets[row][2]) for row in ("usis_filtered", "usis_filtered_resampled")
+                    if row in sets},
     }
+    if "usis_all" in sets:
+        out["few_real+usis"] = (torch.cat([pool_images[:few], sets["usis_all"][0]]),
+                                torch.cat([pool_labels[:few], sets["usis_all"][1]]), None, None)
+        out["scores"] = {"usis_all": {"mean": mean_score(sets["usis_all"][2])},
+                         "usis_kept": {"mean_kept": mean_score(sets["usis_kept"][2]),
+                                       "mean_rejected": mean_score(rejected), "kept": len(sets["usis_kept"][2]),
+                                       "rejected": len(rejected)}}
+    if RECIPE not in sets:
+        return out
     r_img, r_lab, _ = sets[RECIPE]
     for k, name in ((min(args.few_small, args.maps), "few10"), (few, "few50")):
         real_img, real_lab = pool_images[:k], pool_labels[:k]
@@ -496,6 +511,14 @@ def report(results: dict, args, size: tuple[int, int]) -> str:
     return text
 
 
+def _rows(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    return [r for r in ROWS if r in names]
+
+
 def saved_results(args, seeds) -> dict[str, dict[int, dict]]:
     """The results in ``--work`` of these seed indices (row -> seed -> result), as a run left them."""
     results: dict[str, dict[int, dict]] = {r: {} for r in ROWS}
@@ -526,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-dir", default=str(ROOT / "docs" / "results"), help="table and plots go here")
     ap.add_argument("--name", default="downstream", help="report file names (default downstream)")
     ap.add_argument("--report-only", action="store_true", help="train nothing; tabulate the results in --work")
+    ap.add_argument("--rows", type=_rows, default=list(ROWS),
+                    metavar="A,B", help="compute only these rows (e.g. oracle,usis_seeds: the USIS-only row and its "
+                                        "upper bound), then tabulate whatever --work holds")
     ap.add_argument("--only", type=lambda t: {int(x) for x in t.split(",")}, default=None, metavar="I,J",
                     help="compute only these seed indices (0-based; e.g. two processes side by side), then tabulate "
                          "whatever --work holds")
