@@ -55,6 +55,24 @@ def _flatten(obj, prefix=""):
         yield prefix, obj
 
 
+def whole_and_resumed(tmp_path, *extra, steps=4, stop=2, check_resumed=None):
+    """The checkpoints of ``tiny_cfg(*extra)`` trained ``steps`` steps in one go (``tmp_path/a``) and stopped at
+    ``stop``, then resumed to ``steps`` (``tmp_path/b``; ``check_resumed(trainer)`` sees it just resumed)."""
+    from usis.train.trainer import Trainer
+
+    a = Trainer(tiny_cfg(*extra), tmp_path / "a", progress=False)
+    a.fit(steps, eval_at_start=False)
+    b = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
+    b.fit(stop, eval_at_start=False)
+    b2 = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
+    b2.resume()
+    if check_resumed is not None:
+        check_resumed(b2)
+    b2.fit(steps, eval_at_start=False)
+    return (torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True),
+            torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True))
+
+
 def assert_identical(a, b, ignore=(".train_seconds",)):
     """Every tensor and value equal, except measured wall time (``ignore``)."""
     fa, fb = dict(_flatten(a)), dict(_flatten(b))

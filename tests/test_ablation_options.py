@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_identical, tiny_cfg
+from conftest import assert_identical, tiny_cfg, whole_and_resumed
 
 from usis.losses import class_balanced_ce, l1_cycle_loss, segmentation_loss, soft_labels
 from usis.train.trainer import Trainer
@@ -61,15 +61,7 @@ def test_the_reverse_cycle_gives_s_the_gradient_of_the_photo_reconstruction(tmp_
 
 @pytest.mark.parametrize("extra", [["train.lambda_rev=10"], ["train.seg_loss=l1"]], ids=["reverse", "l1"])
 def test_resume_is_bit_identical_with_the_table3_options(tmp_path, extra):
-    a = Trainer(tiny_cfg(*extra), tmp_path / "a", progress=False)
-    a.fit(4, eval_at_start=False)
-    b = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
-    b.fit(2, eval_at_start=False)
-    b2 = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
-    b2.resume()
-    b2.fit(4, eval_at_start=False)
-    sa = torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True)
-    sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)
+    sa, sb = whole_and_resumed(tmp_path, *extra)
     assert ("D_label" in sa) == ("lambda_rev=10" in extra[0])
     assert_identical(sa, sb)
 

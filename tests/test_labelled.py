@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_identical, set_args, tiny_cfg
+from conftest import assert_identical, set_args, tiny_cfg, whole_and_resumed
 from PIL import Image
 
 import usis.data.synthetic as synthetic
@@ -82,17 +82,10 @@ def test_s_learns_the_labelled_photos_and_the_run_records_them(tmp_path):
 
 
 def test_resume_is_bit_exact_with_labelled_pairs(tmp_path):
-    extra = ("data.labelled=5", "train.lambda_labelled_rec=1")
-    a = Trainer(tiny_cfg(*extra), tmp_path / "a", progress=False)
-    a.fit(4, eval_at_start=False)
-    b = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
-    b.fit(2, eval_at_start=False)
-    b2 = Trainer(tiny_cfg(*extra), tmp_path / "b", progress=False)
-    b2.resume()
-    assert b2.loaders.pairs.position == b.loaders.pairs.position == 2  # the labelled stream's place kept
-    b2.fit(4, eval_at_start=False)
-    sa = torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True)
-    sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)
+    def check_resumed(trainer):
+        assert trainer.loaders.pairs.position == 2  # the labelled stream's place kept
+
+    sa, sb = whole_and_resumed(tmp_path, "data.labelled=5", "train.lambda_labelled_rec=1", check_resumed=check_resumed)
     assert "pairs" in sa["loaders"]
     assert_identical(sa, sb)
 

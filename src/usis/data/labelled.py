@@ -196,6 +196,9 @@ def build_labelled(cfg: Config, num_classes: int, coco_shift: bool = False) -> L
 
 
 class _Subset(Dataset):
+    """Items ``indices`` of ``dataset`` by plain integer index (torch's ``Subset`` has a batched
+    ``__getitems__`` that the DataLoader would hand our ``(index, aug_seed)`` pairs to)."""
+
     def __init__(self, dataset: Dataset, indices: list[int]):
         self.dataset, self.indices = dataset, indices
 

@@ -106,13 +106,12 @@ def augment_pairs(images: Tensor, labels: Tensor, policy: str | tuple[str, ...],
     ops = parse_policy(policy) if isinstance(policy, str) else policy
     if "cutout" in ops:
         raise ValueError("cutout has no label map counterpart; use color and translation on labelled pairs")
-    channels_last = images.dim() == 4 and not images.is_contiguous() and \
-        images.is_contiguous(memory_format=torch.channels_last)
+    out = images
     if "color" in ops:
-        images = color(images, generator)
+        out = color(out, generator)
     if "translation" in ops:
-        images, labels = translation(images, generator, labels=labels, fill=fill)
-    return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), labels
+        out, labels = translation(out, generator, labels=labels, fill=fill)
+    return _like(images, out), labels
 
 
 def augment(x: Tensor, policy: str | tuple[str, ...], generator: torch.Generator | None = None) -> Tensor:
@@ -121,8 +120,13 @@ def augment(x: Tensor, policy: str | tuple[str, ...], generator: torch.Generator
     ops = parse_policy(policy) if isinstance(policy, str) else policy
     if not ops:
         return x
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     out = x
     for op in ops:
         out = _OPS[op](out, generator)
+    return _like(x, out)
+
+
+def _like(x: Tensor, out: Tensor) -> Tensor:
+    """``out`` in ``x``'s memory format (channels-last stays channels-last)."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
