@@ -124,7 +124,10 @@ STUDIES: dict[str, Study] = {
                   # half of the noise channels drawn per class region (each class its own look)
                   "class_style": ["model.class_style=4"],
                   # a second, local D scale: a logit per 8x8 patch beside the whole image's
-                  "d_patch": ["model.d_patch=true"]},
+                  "d_patch": ["model.d_patch=true"],
+                  # ... at a quarter and a tenth of the image head's weight (at 1, D wins early)
+                  "d_patch_q": ["model.d_patch=true", "train.lambda_d_patch=0.25"],
+                  "d_patch_t": ["model.d_patch=true", "train.lambda_d_patch=0.1"]},
         iters=1500,
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",

@@ -74,6 +74,12 @@ def test_bad_values_are_config_errors():
         validate(tiny_cfg("train.seg_loss=mse"))
     with pytest.raises(ConfigError, match="train.lambda_rev=-1"):
         validate(tiny_cfg("train.lambda_rev=-1"))
+    with pytest.raises(ConfigError, match="train.lambda_d_patch=0.5: .* only with model.d_patch=true"):
+        validate(tiny_cfg("train.lambda_d_patch=0.5"))
+    with pytest.raises(ConfigError, match="train.lambda_d_patch=-1"):
+        validate(tiny_cfg("model.d_patch=true", "train.lambda_d_patch=-1"))
+    with pytest.raises(ConfigError, match="model.d_patch=true with model.d_type=whole"):
+        validate(tiny_cfg("model.d_patch=true", "model.d_type=whole"))
 
 
 def test_periodic_msssim_is_one_without_noise_and_lower_with_it(tmp_path, monkeypatch):

@@ -305,6 +305,16 @@ def test_the_patch_head_is_a_second_scale_and_leaves_the_image_head_as_it_was():
     torch.testing.assert_close(g_nonsaturating_loss(fake), g_nonsaturating_loss(fake[0]) + g_nonsaturating_loss(fake[1]))
     (grad,) = torch.autograd.grad(image.sum() + patches.sum(), x, retain_graph=True)
     torch.testing.assert_close(r1_penalty((image, patches), x), grad.pow(2).reshape(2, -1).sum(1).mean())
+    # train.lambda_d_patch: the patch head's loss (and its logits in R1) times its weight
+    w = (1.0, 0.25)
+    torch.testing.assert_close(d_logistic_loss((image, patches), fake, w),
+                               d_logistic_loss(image, fake[0]) + 0.25 * d_logistic_loss(patches, fake[1]))
+    torch.testing.assert_close(g_nonsaturating_loss(fake, w),
+                               g_nonsaturating_loss(fake[0]) + 0.25 * g_nonsaturating_loss(fake[1]))
+    (grad,) = torch.autograd.grad(image.sum() + 0.25 * patches.sum(), x, retain_graph=True)
+    torch.testing.assert_close(r1_penalty((image, patches), x, w), grad.pow(2).reshape(2, -1).sum(1).mean())
+    with pytest.raises(ValueError, match="3 head weights for 2 heads"):
+        g_nonsaturating_loss(fake, (1.0, 1.0, 1.0))
     # a patch head sees its patch's surroundings, not the whole image: a change far away leaves it as it was
     z = x.detach().clone()
     z[..., :, 96:] += 1.0

@@ -30,6 +30,7 @@ CASES = {
     "nothing of S shared": ["train.lambda_seg=0"],
     # a D with two heads (model.d_patch): the image's logit and one per patch, each its own adversarial term
     "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true"],
+    "a lighter patch head": ["train.lambda_seg=2.5", "model.d_patch=true", "train.lambda_d_patch=0.3"],
     # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
     "labelled pairs": ["train.lambda_seg=2.5", "data.labelled=6", "train.lambda_labelled=0.7",
                        "train.lambda_labelled_rec=1.5", "train.labelled_augment="],
@@ -87,7 +88,8 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
                                  cfg.model.s_extra_channel)
 
     seg_fake = seg(fake)
-    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(d_view(fake))) + (0.5 * seg_fake ** 2 if seg_sq else 0)
+    w = (1.0, t.lambda_d_patch) if cfg.model.d_patch else None  # D's heads' weights
+    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(d_view(fake)), w) + (0.5 * seg_fake ** 2 if seg_sq else 0)
     loss_g = loss_g + rec
     f = fake.detach()
     loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
@@ -98,9 +100,9 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
     real = photos.detach().requires_grad_(r1)
     seen = d_view(real)
     real_logits, feats = D(seen, return_features=True)
-    loss_d = d_logistic_loss(real_logits, D(d_view(f))) + t.lambda_rec * l1_reconstruction(dec(feats), seen)
+    loss_d = d_logistic_loss(real_logits, D(d_view(f)), w) + t.lambda_rec * l1_reconstruction(dec(feats), seen)
     if r1:  # the synthetic preset's fused R1: gamma / 2 * R1, weighted by the interval
-        loss_d = loss_d + t.r1_gamma / 2 * r1_penalty(real_logits, real) * t.r1_every
+        loss_d = loss_d + t.r1_gamma / 2 * r1_penalty(real_logits, real, w) * t.r1_every
     grads = {}
     for name, loss, params in (("G", loss_g, list(G.parameters())), ("S", loss_s, list(S.parameters())),
                                ("D", loss_d, list(D.parameters()) + list(dec.parameters()))):

@@ -132,6 +132,8 @@ class TrainConfig:
     lambda_labelled: float = 1.0
     lambda_labelled_rec: float = 0.0
     labelled_augment: str = "color,translation"
+    # with model.d_patch: the patch head's weight in D's and G's adversarial losses and in R1 (the image head's is 1)
+    lambda_d_patch: float = 1.0
     r1_gamma: float = 10.0
     r1_every: int = 4  # lazy R1 (StyleGAN2); 0 disables
     # How R1 enters D's optimisation. "reference" (reference train.py): D's whole loss (adversarial +
@@ -472,6 +474,9 @@ def validate(cfg: Config) -> None:
         if key == "labelled_augment" and "cutout" in ops:
             raise ConfigError(f"train.labelled_augment={t.labelled_augment!r}: color and translation only (a hole "
                               "in a photo has no class)")
+    if t.lambda_d_patch < 0 or (t.lambda_d_patch != 1 and not m.d_patch):
+        raise ConfigError(f"train.lambda_d_patch={t.lambda_d_patch}: the patch head's weight, >= 0, and only with "
+                          "model.d_patch=true")
     if t.lambda_rev < 0:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):

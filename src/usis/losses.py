@@ -2,7 +2,8 @@
 
 Images are ``N x 3 x H x W`` in [-1, 1]; label maps are int64 class ids ``N x H x W``. A discriminator's
 logits are one tensor, or a tuple of them, one per head (``model.d_patch``: a whole-image logit and one per
-patch); each adversarial loss is then the sum over the heads of the head's loss.
+patch); each adversarial loss is then the sum over the heads of the head's loss, each head's loss times its weight
+(``weights``, one per head; ``None``: all 1; ``train.lambda_d_patch`` is the patch head's).
 """
 
 from __future__ import annotations
@@ -64,32 +65,41 @@ def as_float(logits: Logits) -> Logits:
     return tuple(x.float() for x in logits) if isinstance(logits, (tuple, list)) else logits.float()
 
 
-def _over_heads(*terms: torch.Tensor) -> torch.Tensor:
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
+Weights = tuple[float, ...] | None
+
+
+def _over_heads(terms: tuple[torch.Tensor, ...] | list[torch.Tensor], weights: Weights = None) -> torch.Tensor:
+    """``sum_h w_h * terms[h]`` (a weight of 1 multiplies nothing: one head, or all weights 1, is the plain sum)."""
+    weights = weights if weights is not None else (1.0,) * len(terms)
+    if len(weights) != len(terms):
+        raise ValueError(f"{len(weights)} head weights for {len(terms)} heads")
+    total = None
+    for t, w in zip(terms, weights, strict=True):
+        x = t if w == 1 else w * t
+        total = x if total is None else total + x
     return total
 
 
-def d_logistic_loss(real_logits: Logits, fake_logits: Logits) -> torch.Tensor:
+def d_logistic_loss(real_logits: Logits, fake_logits: Logits, weights: Weights = None) -> torch.Tensor:
     """Non-saturating logistic D loss: ``-log D(x) - log(1 - D(G(m)))`` with D = sigmoid(logits), each term the
-    mean over the head's logits; summed over the heads."""
-    return _over_heads(*(F.softplus(-r).mean() + F.softplus(f).mean()
-                         for r, f in zip(heads(real_logits), heads(fake_logits), strict=True)))
+    mean over the head's logits; summed over the heads (``sum_h w_h * loss_h``)."""
+    return _over_heads([F.softplus(-r).mean() + F.softplus(f).mean()
+                        for r, f in zip(heads(real_logits), heads(fake_logits), strict=True)], weights)
 
 
-def g_nonsaturating_loss(fake_logits: Logits) -> torch.Tensor:
-    """Non-saturating G loss: ``-log D(G(m))`` (the mean over a head's logits; summed over the heads)."""
-    return _over_heads(*(F.softplus(-f).mean() for f in heads(fake_logits)))
+def g_nonsaturating_loss(fake_logits: Logits, weights: Weights = None) -> torch.Tensor:
+    """Non-saturating G loss: ``-log D(G(m))`` (the mean over a head's logits; ``sum_h w_h * loss_h`` over the
+    heads)."""
+    return _over_heads([F.softplus(-f).mean() for f in heads(fake_logits)], weights)
 
 
-def r1_penalty(real_logits: Logits, real_images: torch.Tensor) -> torch.Tensor:
+def r1_penalty(real_logits: Logits, real_images: torch.Tensor, weights: Weights = None) -> torch.Tensor:
     """R1: ``E ||grad_x D(x)||^2`` on real images (``real_images`` must require grad), ``D(x)`` the sum of the
-    logits of every head.
+    logits of every head, each times its weight (``sum_h w_h * sum(logits_h)``: the D the losses weigh).
 
     Returned without the ``gamma / 2`` factor; the caller scales it (and by the lazy interval).
     """
-    (grad,) = torch.autograd.grad(_over_heads(*(x.sum() for x in heads(real_logits))), real_images,
+    (grad,) = torch.autograd.grad(_over_heads([x.sum() for x in heads(real_logits)], weights), real_images,
                                   create_graph=True)
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 

@@ -102,6 +102,8 @@ class USISPhases:
         self.dontcare = dontcare
         self.extra_channel = cfg.model.s_extra_channel
         self.reverse = cfg.train.lambda_rev > 0
+        # D's heads' weights in the adversarial losses and R1 (model.d_patch: the image's 1, the patches' weight)
+        self.d_weights = (1.0, cfg.train.lambda_d_patch) if cfg.model.d_patch else None
         self.d_policy = parse_policy(cfg.train.d_augment)
         self.s_policy = parse_policy(cfg.train.s_augment)
         # labelled pairs: without a don't-care id to fill the uncovered border with, no shift
@@ -140,7 +142,7 @@ class USISPhases:
         G, D = self.nets.G, self.nets.D
         fake = G(m)
         terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
-                 "adv": (1.0, g_nonsaturating_loss(as_float(D(self.d_view(fake)))))}
+                 "adv": (1.0, g_nonsaturating_loss(as_float(D(self.d_view(fake))), self.d_weights))}
         if pairs is not None and self.t.lambda_labelled_rec > 0:
             terms["labelled_rec"] = (self.t.lambda_labelled_rec, l1_reconstruction(G(pairs.m).float(), pairs.photos))
         if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
@@ -174,7 +176,7 @@ class USISPhases:
         photos = self.d_view(photos)
         real_logits, feats = D(photos, return_features=True)
         fake_logits = D(self.d_view(fake))
-        terms = {"adv": (1.0, d_logistic_loss(as_float(real_logits), as_float(fake_logits)))}
+        terms = {"adv": (1.0, d_logistic_loss(as_float(real_logits), as_float(fake_logits), self.d_weights))}
         if dec is not None:
             terms["rec"] = (self.t.lambda_rec, l1_reconstruction(dec(feats).float(), photos))
         return Loss(terms, logs={"d_real": heads(real_logits)[0].detach().float().mean(),
@@ -185,7 +187,8 @@ class USISPhases:
         ``r1_gamma`` as in the reference (``train.r1_mode=reference``), by ``r1_gamma / 2`` as in StyleGAN2
         (``fused``)."""
         gamma = self.t.r1_gamma if self.t.r1_mode == "reference" else self.t.r1_gamma / 2
-        return Loss({"r1": (gamma, r1_penalty(as_float(self.nets.D(self.d_view(photos))), photos))})
+        return Loss({"r1": (gamma, r1_penalty(as_float(self.nets.D(self.d_view(photos))), photos,
+                                                   self.d_weights))})
 
     def label_discriminator(self, m: Tensor, read: Tensor) -> Loss:
         """D_label (reverse cycle): tell the label stream's maps from S's readings of photos."""
