@@ -127,7 +127,9 @@ STUDIES: dict[str, Study] = {
                   "d_patch": ["model.d_patch=true"],
                   # ... at a quarter and a tenth of the image head's weight (at 1, D wins early)
                   "d_patch_q": ["model.d_patch=true", "train.lambda_d_patch=0.25"],
-                  "d_patch_t": ["model.d_patch=true", "train.lambda_d_patch=0.1"]},
+                  "d_patch_t": ["model.d_patch=true", "train.lambda_d_patch=0.1"],
+                  # S also learns the unpaired photos from its own confident reading (self-training, threshold 0.9)
+                  "s_pseudo": ["train.lambda_s_pseudo=1"]},
         iters=1500,
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",

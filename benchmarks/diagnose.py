@@ -12,7 +12,9 @@ change one thing:
 
 and for each: the realism measure (``usis.metrics.c2st``, classifier seeds 0 and 1), mIoU and per-class IoU
 (the synthetic evaluator), and the grain per class: the mean absolute response to a 3x3 Laplacian inside each
-class's regions (borders excluded), beside the same statistic on real photos. One grid of the first 4 maps
+class's regions (borders excluded), beside the same statistic on real photos; and the energy of the Haar
+detail bands (LH, HL, HH) at the three finest levels (the bands the wavelet D reads), as a ratio to the
+photos' (above 1: more fine detail than the photos at that scale, grain; below 1: too smooth). One grid of the first 4 maps
 per variant (a column each) goes to ``--grid``.
 
 And whether G and S agree on cues the photos do not have: the run's own segmenter S (it only ever saw G's
@@ -43,6 +45,7 @@ from usis.metrics.synthetic_eval import SyntheticEvaluator
 from usis.metrics.synthetic_eval.fit import EVAL_SEED
 from usis.nn.build import build_generator, build_segmenter
 from usis.nn.noise import seeded_noise
+from usis.nn.wavelets import dwt
 from usis.utils.images import save_grid
 
 N = 200
@@ -69,6 +72,19 @@ def grain(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def band_energy(images: torch.Tensor, levels: int = 3) -> list[float]:
+    """Mean squared Haar detail coefficient (LH, HL, HH together; ``images`` as written, uint8, scaled to [-1, 1])
+    at levels 1 (finest: 2x2 pixels) to ``levels``."""
+    ll = images.float() / 127.5 - 1
+    out = []
+    for _ in range(levels):
+        bands = dwt(ll)
+        c = ll.shape[1]
+        out.append(bands[:, c:].square().mean().item())
+        ll = bands[:, :c]
+    return out
+
+
 def variants(ckpt: str, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     gen = load_generator(ckpt)
     G = gen.G
@@ -135,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     real_labels = torch.stack([real[i]["label"] for i in range(N)])
     labels = torch.stack([other[i]["label"] for i in range(N)])
     evaluator = SyntheticEvaluator.load_or_train(64, 128)
-    results = {"checkpoint": args.checkpoint, "real photos": {"grain": grain(real_images, real_labels)}}
+    real_bands = band_energy(real_images)
+    results = {"checkpoint": args.checkpoint,
+               "real photos": {"grain": grain(real_images, real_labels), "band_energy": real_bands}}
     rows = variants(args.checkpoint, labels)
     for name, images in rows.items():
         t0 = time.time()
         images = as_written(images)
-        row: dict = {"grain": grain(images, labels)}
+        bands = band_energy(images)
+        row: dict = {"grain": grain(images, labels), "band_energy": bands,
+                     "band_ratio": [round(b / r, 3) for b, r in zip(bands, real_bands, strict=True)]}
         for s in (0, 1):
             r = classifier_two_sample_test(real_images, images, seed=s)
             row[f"c2st_seed{s}"] = [round(r["c2st"], 3), round(r["c2st_loss"], 4)]
@@ -150,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = row
         print(f"{name:24s} c2st {row['c2st_seed0']} {row['c2st_seed1']}  mIoU {row['miou']:.1f}  grain sky "
               f"{row['grain'].get('sky', float('nan')):.1f} road {row['grain'].get('road', float('nan')):.1f}  "
-              f"({time.time() - t0:.0f} s)", flush=True)
+              f"Haar detail / photos' (levels 1-3) {row['band_ratio']}  ({time.time() - t0:.0f} s)", flush=True)
     results["S reads"] = segmenter_reads(args.checkpoint, {
         "G's images": as_written(rows["ema"]).float() / 127.5 - 1, "real photos": real_images.float() / 127.5 - 1},
         {"G's images": labels, "real photos": real_labels})

@@ -78,6 +78,10 @@ def test_bad_values_are_config_errors():
         validate(tiny_cfg("train.lambda_d_patch=0.5"))
     with pytest.raises(ConfigError, match="train.lambda_d_patch=-1"):
         validate(tiny_cfg("model.d_patch=true", "train.lambda_d_patch=-1"))
+    with pytest.raises(ConfigError, match="train.lambda_s_pseudo=-1"):
+        validate(tiny_cfg("train.lambda_s_pseudo=-1"))
+    with pytest.raises(ConfigError, match="train.s_pseudo_threshold=0.0: .* the threshold in"):
+        validate(tiny_cfg("train.lambda_s_pseudo=1", "train.s_pseudo_threshold=0"))
     with pytest.raises(ConfigError, match="model.d_patch=true with model.d_type=whole"):
         validate(tiny_cfg("model.d_patch=true", "model.d_type=whole"))
 

@@ -9,6 +9,7 @@ from usis.losses import (
     d_logistic_loss,
     g_nonsaturating_loss,
     l1_reconstruction,
+    pseudo_label_ce,
     r1_penalty,
 )
 
@@ -39,6 +40,30 @@ def test_class_balanced_ce_equals_weighted_mean_by_hand():
     # P = 4, K = 2 (classes 1, 2), alpha_1 = 4/(2*2) = 1, alpha_2 = 4/(2*1) = 2, alpha_0 = 0
     expected = (0 * ce[0] + 1 * ce[1] + 1 * ce[2] + 2 * ce[3]) / 4
     assert class_balanced_ce(logits, labels, dontcare=0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_pseudo_label_ce_by_hand():
+    """Self-training: the class-balanced CE against S's own confident argmax; unconfident pixels and those read
+    as don't-care weigh 0; the targets carry no gradient."""
+    # 1 x 3 x 1 x 5: pixel 0 reads class 0 (don't care), pixels 1, 2 class 1, pixel 3 class 2, pixel 4 unsure
+    logits = torch.tensor([[[[6.0, 0.0, 0.0, 0.0, 0.1]],
+                            [[0.0, 5.0, 7.0, 0.0, 0.0]],
+                            [[0.0, 0.0, 0.0, 4.0, 0.0]]]], requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(logits.detach(), torch.tensor([[[0, 1, 1, 2, 0]]]), reduction="none")[0, 0]
+    # P = 5, read confidently: class 1 (2 px), class 2 (1 px) -> K = 2, alpha_1 = 5/4, alpha_2 = 5/2
+    expected = (5 / 4 * ce[1] + 5 / 4 * ce[2] + 5 / 2 * ce[3]) / 5
+    loss = pseudo_label_ce(logits, threshold=0.9, dontcare=0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the gradient is that of the CE with fixed targets: at pixel 4 (not confident) none
+    loss.backward()
+    assert logits.grad[0, :, 0, 4].abs().max() == 0 and logits.grad[0, :, 0, 3].abs().max() > 0
+    # without a don't-care id pixel 0 counts (3 classes read); a threshold nothing reaches gives 0, not NaN
+    assert pseudo_label_ce(logits, 0.9, dontcare=None).item() > 0
+    assert pseudo_label_ce(logits, 1.0, dontcare=0).item() == 0.0
+    # the reference's extra channel 0 is no class: the same numbers with it prepended (and very unlikely)
+    extra = torch.cat([torch.full((1, 1, 1, 5), -30.0), logits.detach()], dim=1)
+    assert pseudo_label_ce(extra, 0.9, dontcare=0, extra_channel=True).item() == pytest.approx(expected.item(),
+                                                                                               rel=1e-5)
 
 
 def test_all_dontcare_batch_gives_zero_not_nan():

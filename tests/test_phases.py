@@ -14,6 +14,7 @@ from usis.losses import (
     d_logistic_loss,
     g_nonsaturating_loss,
     l1_reconstruction,
+    pseudo_label_ce,
     r1_penalty,
     segmentation_loss,
 )
@@ -32,6 +33,9 @@ CASES = {
     "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true"],
     "a lighter patch head": ["train.lambda_seg=2.5", "model.d_patch=true", "train.lambda_d_patch=0.3"],
     # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
+    # train.lambda_s_pseudo: S also learns the unpaired photos from its own confident reading (a low threshold:
+    # the tiny S at its start reads some pixels confidently)
+    "S self-training": ["train.lambda_seg=2.5", "train.lambda_s_pseudo=0.6", "train.s_pseudo_threshold=0.15"],
     "labelled pairs": ["train.lambda_seg=2.5", "data.labelled=6", "train.lambda_labelled=0.7",
                        "train.lambda_labelled_rec=1.5", "train.labelled_augment="],
 }
@@ -54,8 +58,8 @@ def add_l2_to_the_segmenter_phase(monkeypatch=None):
     """Adding a term is a few lines: S's phase returns it with its weight; the schedule does the rest."""
     original = USISPhases.segmenter
 
-    def segmenter(self, fake, labels, pairs=None):
-        loss = original(self, fake, labels, pairs)
+    def segmenter(self, fake, labels, pairs=None, photos=None):
+        loss = original(self, fake, labels, pairs, photos)
         loss.terms["l2"] = (L2_WEIGHT, self.nets.S(fake).float().pow(2).mean())
         return loss
 
@@ -93,6 +97,9 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
     loss_g = loss_g + rec
     f = fake.detach()
     loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
+    if t.lambda_s_pseudo > 0:
+        loss_s = loss_s + t.lambda_s_pseudo * pseudo_label_ce(S(photos).float(), t.s_pseudo_threshold, dontcare,
+                                                              cfg.model.s_extra_channel)
     if pairs is not None:
         loss_s = loss_s + t.lambda_labelled * segmentation_loss(t.seg_loss, S(pairs[0]).float(), pairs[1], dontcare,
                                                                 cfg.model.s_extra_channel)

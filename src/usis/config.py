@@ -132,6 +132,10 @@ class TrainConfig:
     lambda_labelled: float = 1.0
     lambda_labelled_rec: float = 0.0
     labelled_augment: str = "color,translation"
+    # > 0 (issue 31; off by default): S also learns the photos of the unpaired stream from its own confident reading
+    # of them (losses.pseudo_label_ce: self-training, pixels whose top class probability is >= s_pseudo_threshold)
+    lambda_s_pseudo: float = 0.0
+    s_pseudo_threshold: float = 0.9
     # with model.d_patch: the patch head's weight in D's and G's adversarial losses and in R1 (the image head's is 1)
     lambda_d_patch: float = 1.0
     r1_gamma: float = 10.0
@@ -477,6 +481,9 @@ def validate(cfg: Config) -> None:
     if t.lambda_d_patch < 0 or (t.lambda_d_patch != 1 and not m.d_patch):
         raise ConfigError(f"train.lambda_d_patch={t.lambda_d_patch}: the patch head's weight, >= 0, and only with "
                           "model.d_patch=true")
+    if t.lambda_s_pseudo < 0 or not 0 < t.s_pseudo_threshold <= 1:
+        raise ConfigError(f"train.lambda_s_pseudo={t.lambda_s_pseudo}, train.s_pseudo_threshold="
+                          f"{t.s_pseudo_threshold}: the weight must be >= 0 (0 = off), the threshold in (0, 1]")
     if t.lambda_rev < 0:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
     if m.g_type not in ("spade", "wavelet"):

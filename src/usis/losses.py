@@ -131,6 +131,27 @@ def l1_cycle_loss(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | No
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
 
 
+def pseudo_label_ce(logits: torch.Tensor, threshold: float, dontcare: int | None = 0,
+                    extra_channel: bool = False) -> torch.Tensor:
+    """Self-training on unlabelled photos (CBST, Zou et al. ECCV 2018; FixMatch's confidence mask): the
+    class-balanced cross entropy of Eq. 3-4 against the segmenter's own confident reading,
+    ``mean_pixels(alpha[y] * [p_max >= threshold] * CE(S(x), y))`` with ``y = argmax_c p_c`` and ``p`` the
+    softmax over the classes, both held fixed (no gradient through the targets or the mask). ``alpha`` is
+    Eq. 4's ``P / (K * P_c)`` over the confident pixels (``P`` all pixels, ``K`` the classes read
+    confidently): each class read confidently weighs the same, whatever its area. Pixels read as the
+    don't-care id never count. No confident pixel: 0, with a gradient path."""
+    with torch.no_grad():
+        conf, target = soft_labels(logits.detach(), extra_channel).max(dim=1)
+        num_classes = logits.shape[1] - int(extra_channel)
+        valid = conf >= threshold
+        if dontcare is not None:
+            valid &= target != dontcare
+        binned = torch.where(valid, target, torch.full_like(target, num_classes))  # the unread: one more bin
+        weights = class_balance_weights(binned, num_classes + 1, dontcare=num_classes).to(logits.dtype)
+    ce = F.cross_entropy(logits, target + 1 if extra_channel else target, reduction="none")
+    return (weights[binned] * ce).mean()
+
+
 def segmentation_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,
                       extra_channel: bool = False) -> torch.Tensor:
     """``L_seg`` of ``train.seg_loss``: ``ce`` (USIS, class-balanced cross entropy) or ``l1`` (Table 3, A)."""

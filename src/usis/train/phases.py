@@ -10,6 +10,7 @@ phase           the network minimises                                           
 ``generator``   lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))                           Eq. 2, 3, 5
 ``segmenter``   L_seg(S(G(m, z)), m), on G's images: S never sees a photo                       Eq. 2, 3
                 (with ``data.labelled``: + lambda_labelled * L_seg(S(T(x_l)), T(m_l)), x_l's own m_l)
+                (with ``train.lambda_s_pseudo``: + lambda_s_pseudo * L_pseudo(S(x)), S's confident reading of x)
 ``discriminator``  L_adv_D(D(x), D(G(m, z))) + lambda_rec * L1(Dec(D_feat(x)), x)               Eq. 5, 3.3
 ``r1``          gamma * R1(D, x) on photos (StyleGAN2's lazy R1; ``train.r1_mode``)             Sec. 4
 ``ema``         G_ema <- decay * G_ema + (1 - decay) * G                                        Sec. 4
@@ -54,6 +55,7 @@ from usis.losses import (
     g_nonsaturating_loss,
     heads,
     l1_reconstruction,
+    pseudo_label_ce,
     r1_penalty,
     segmentation_loss,
     soft_labels,
@@ -151,10 +153,16 @@ class USISPhases:
             terms["rev"] = (self.t.lambda_rev, l1_reconstruction(G(read).float(), photos))
         return fake, Loss(terms)
 
-    def segmenter(self, fake: Tensor, labels: Tensor, pairs: Pairs | None = None) -> Loss:
-        """S: ``L_seg(S(fake), m)``: learn to segment G's images into the label maps they were made from; and
-        with labelled ``pairs``, ``lambda_labelled * L_seg(S(T(x_l)), T(m_l))``: real photos into their own maps."""
+    def segmenter(self, fake: Tensor, labels: Tensor, pairs: Pairs | None = None,
+                  photos: Tensor | None = None) -> Loss:
+        """S: ``L_seg(S(fake), m)``: learn to segment G's images into the label maps they were made from; with
+        labelled ``pairs``, ``lambda_labelled * L_seg(S(T(x_l)), T(m_l))``: real photos into their own maps; with
+        ``train.lambda_s_pseudo`` and the unpaired ``photos``, ``lambda_s_pseudo * L_pseudo(S(x))``: the photos
+        into S's own confident reading of them (self-training: what S reads in photos must hold in photos too)."""
         terms = {"seg": (1.0, self.seg(fake, labels))}
+        if photos is not None and self.t.lambda_s_pseudo > 0:
+            terms["pseudo"] = (self.t.lambda_s_pseudo, pseudo_label_ce(
+                self.nets.S(photos).float(), self.t.s_pseudo_threshold, self.dontcare, self.extra_channel))
         if pairs is not None and self.t.lambda_labelled > 0:
             x, m_l = self.labelled_view(pairs.photos, pairs.labels)
             terms["labelled"] = (self.t.lambda_labelled, segmentation_loss(

@@ -219,10 +219,10 @@ class Schedule:
             g_total = self._backward(g, G)
             self._reduce(G)
             with self._phase("S"):
-                s = self.phases.segmenter(self._new_fake(m), labels, pairs)
+                s = self.phases.segmenter(self._new_fake(m), labels, pairs, photos)
         else:  # S learns from G's batch; with the seg term shared, G's backward gives S its gradient
             with self._phase("S"):
-                s = self.phases.segmenter(fake if self.share_seg else fake.detach(), labels, pairs)
+                s = self.phases.segmenter(fake if self.share_seg else fake.detach(), labels, pairs, photos)
             g_total = self._backward(g, G, share_with=(s, S), retain_graph=self.share_d_forward)
         s_total = self._backward(s, S)  # S's terms that G's backward did not cover
         logs = {**_logged("g", g, g_total), **_logged("s", s, s_total)}
