@@ -148,7 +148,9 @@ STUDIES: dict[str, Study] = {
     # synthetic benchmark's labelled stream; K = all is the paired setting. k10_rec adds G's L1 to the pairs.
     "labelled": Study(
         variants={"k0": [], "k10": ["data.labelled=10"], "k50": ["data.labelled=50"], "kall": ["data.labelled=all"],
-                  "k10_rec": ["data.labelled=10", "train.lambda_labelled_rec=1"]},
+                  "k10_rec": ["data.labelled=10", "train.lambda_labelled_rec=1"],
+                  # the paired setting: every pair, S's term and G's L1 (the paired ceiling of this benchmark)
+                  "kall_rec": ["data.labelled=all", "train.lambda_labelled_rec=1"]},
         iters=1500,
         eval_every=500,
         about="issue 32: K labelled photos (0, 10, 50, all) and G's L1 to them",
