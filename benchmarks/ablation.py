@@ -125,9 +125,8 @@ STUDIES: dict[str, Study] = {
                   "class_style": ["model.class_style=4"],
                   # a second, local D scale: a logit per 8x8 patch beside the whole image's
                   "d_patch": ["model.d_patch=true"],
-                  # ... at a quarter and a tenth of the image head's weight (at 1, D wins early)
+                  # ... at a quarter of the image head's weight (at 1, D wins early)
                   "d_patch_q": ["model.d_patch=true", "train.lambda_d_patch=0.25"],
-                  "d_patch_t": ["model.d_patch=true", "train.lambda_d_patch=0.1"],
                   # S also learns the unpaired photos from its own confident reading (self-training, threshold 0.9)
                   "s_pseudo": ["train.lambda_s_pseudo=1"]},
         iters=1500,
