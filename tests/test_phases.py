@@ -29,9 +29,9 @@ L2_WEIGHT = 0.05  # the made-up term: a small L2 on S's logits of G's images, ad
 CASES = {
     "seg and D forward shared": ["train.lambda_seg=2.5"],  # S's seg term through G's backward, weights 2.5 : 1
     "nothing of S shared": ["train.lambda_seg=0"],
-    # a D with two heads (model.d_patch): the image's logit and one per patch, each its own adversarial term
-    "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true"],
-    "a lighter patch head": ["train.lambda_seg=2.5", "model.d_patch=true", "train.lambda_d_patch=0.3"],
+    # a D with two heads (model.d_patch): the image's logit and one per patch, each its own adversarial term, the
+    # patch head's weighted (train.lambda_d_patch; at 1 the plain sum, pinned in test_networks)
+    "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true", "train.lambda_d_patch=0.3"],
     # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
     # train.lambda_s_pseudo: S also learns the unpaired photos from its own confident reading (a low threshold:
     # the tiny S at its start reads some pixels confidently)
