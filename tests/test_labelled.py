@@ -69,16 +69,17 @@ def test_s_learns_the_labelled_photos_and_the_run_records_them(tmp_path):
     assert summary["step"] == 2
     stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert all(np.isfinite(s["loss_s_labelled"]) for s in stats if "loss_s_labelled" in s)
-    assert any("loss_s_labelled" in s for s in stats) and not any("loss_g_labelled_rec" in s for s in stats)
+    assert any("loss_s_labelled" in s for s in stats) and any("loss_g_labelled_rec" in s for s in stats)
     assert any(not torch.equal(before[n], p) for n, p in tr.nets.S.named_parameters())
     record = json.loads((tmp_path / "config.json").read_text())["labelled_pairs"]
     assert record["count"] == 4 and record["available"] == 12
     assert record["pairs"] == [f"synthetic://train/labelled/{i}" for i in choose(12, 4, 3)]
-    # and G's optional term: its own L1 to the labelled photos
-    tr = Trainer(tiny_cfg("data.labelled=4", "train.lambda_labelled_rec=2"), tmp_path / "rec", progress=False)
+    # G's term (its own L1 to the labelled photos, on by default) is finite, and off at weight 0
+    assert all(np.isfinite(s["loss_g_labelled_rec"]) for s in stats if "loss_g_labelled_rec" in s)
+    tr = Trainer(tiny_cfg("data.labelled=4", "train.lambda_labelled_rec=0"), tmp_path / "rec", progress=False)
     tr.fit(1, eval_at_start=False)
     stats = json.loads((tmp_path / "rec/stats.jsonl").read_text().splitlines()[-1])
-    assert np.isfinite(stats["loss_g_labelled_rec"])
+    assert "loss_g_labelled_rec" not in stats and np.isfinite(stats["loss_s_labelled"])
 
 
 def test_resume_is_bit_exact_with_labelled_pairs(tmp_path):
