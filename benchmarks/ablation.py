@@ -151,6 +151,7 @@ STUDIES: dict[str, Study] = {
                   "k50": ["data.labelled=50", "train.lambda_labelled_rec=0"],
                   "kall": ["data.labelled=all", "train.lambda_labelled_rec=0"],
                   "k10_rec": ["data.labelled=10", "train.lambda_labelled_rec=1"],
+                  "k50_rec": ["data.labelled=50", "train.lambda_labelled_rec=1"],
                   # the paired setting: every pair, S's term and G's L1 (the paired ceiling of this benchmark)
                   "kall_rec": ["data.labelled=all", "train.lambda_labelled_rec=1"]},
         iters=1500,
