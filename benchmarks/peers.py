@@ -20,12 +20,19 @@ Steps (each resumable; ``all`` runs them in order):
    evaluation's seed ``EVAL_SEED + i``, as written to 8 bits like the peers' PNGs) through the same tools: the
    synthetic evaluator's mIoU / ceiling and per-class IoU, sFID, and the realism measure (``usis.metrics.c2st``,
    against the 200 validation photos); the palette images themselves as a row (no translation).
-5. ``report``: a table (mean +- std over seeds) and a grid (the same maps through every method) in ``--report``.
+5. ``downstream``: the downstream study's USIS-only row for every method, by ``benchmarks/downstream.py``'s own
+   protocol and functions (nothing re-implemented): its pool of 800 label maps (a paired stream no training stream
+   draws from) written in the palette's colours as a test set of theirs (``pool/testA``), translated by their
+   ``test.py``; usis checkpoints synthesize the same maps with a noise seed per map (``usis_seeds``); the palette
+   images (``no_translation``) and the pool's real photos (``oracle``) as bounds. One fixed segmenter (the
+   evaluator's net and recipe, seed ``SEGMENTER_SEED + seed``) per row and seed, scored on 200 held-out real photos.
+6. ``report``: a table (mean +- std over seeds) and a grid (the same maps through every method) in ``--report``.
 
     bash benchmarks/get_peers.sh                                     # the peers' code, into benchmarks/peers/
     python benchmarks/peers.py all --methods cut fastcut cyclegan --seeds 0 1 2 --work runs/peers \\
         --usis "usis (paper recipe)=runs/ds/g0/checkpoints/latest.pt" --report docs/peers.md
     python benchmarks/peers.py train --methods cut --seeds 0 --images 200 --work /tmp/peers   # a smoke run
+    python benchmarks/peers.py downstream --methods cut --seeds 0 1 2 --usis "usis@0=runs/ds/g0" ...  # the row
 """
 
 from __future__ import annotations
@@ -276,7 +283,79 @@ def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis
     return {"scores": scores, "grid": grid_cols, "grid_rows": [k for k in rows if k != "palette (no translation)"]}
 
 
-# ------------------------------------------------------------------------------------------- 5. report
+# ---------------------------------------------------------------------------------------- 5. downstream
+
+
+def _downstream_protocol():
+    """``benchmarks/downstream.py`` as a module: its pool, segmenter and scoring are the protocol, used as is."""
+    here = str(ROOT / "benchmarks")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import downstream  # lazy: a sibling script, importable only once benchmarks/ is on the path
+
+    return downstream
+
+
+def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int, usis: dict[str, str]) -> dict:
+    """``row|seed -> {"miou", "iou", ...}``: a segmenter trained on each method's images of the downstream pool's
+    maps, scored on the held-out real photos (resumable: ``work/downstream.json``)."""
+    for m in methods:
+        checkout(m)  # before an hour of work, not after it
+    ds = _downstream_protocol()
+    pool_images, pool_labels = ds.paired(ds.TRAIN_IMAGES, HEIGHT, WIDTH, "train")
+    test_images, test_labels = ds.paired(200, HEIGHT, WIDTH, "test")
+    root = work / "pool"
+    ds.write_maps(pool_labels, root / "maps")
+    for sub in ("testA", "testB"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for sub in ("trainA", "trainB"):  # CUT's test.py also opens the training set (its data-dependent init)
+        if not (root / sub).exists():
+            (root / sub).symlink_to((work / "data" / sub).resolve(), target_is_directory=True)
+    for i in range(len(pool_labels)):
+        if not (root / "testB" / f"{i:05d}.png").is_file():
+            _palette_png(pool_labels[i], root / "testA" / f"{i:05d}.png")
+            _photo_png(pool_images[i], root / "testB" / f"{i:05d}.png")
+    results_file = work / "downstream.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    todo: list[tuple[str, int, object]] = [("oracle (real photos)", s, "oracle") for s in seeds]
+    todo += [("palette (no translation)", s, "palette") for s in seeds]
+    todo += [(f"{m} (width {width})", s, (m, s)) for m in methods for s in seeds]
+    todo += [(name.rsplit("@", 1)[0], int(name.rsplit("@", 1)[1]) if "@" in name else 0, ckpt)
+             for name, ckpt in usis.items()]
+    for row, seed, what in todo:
+        key = f"{row}|{seed}"
+        if key in results:
+            continue
+        if what == "oracle":
+            images = pool_images
+        elif what == "palette":
+            images = ds.painted(pool_labels)
+        elif isinstance(what, tuple):
+            name = f"{what[0]}_w{width}_seed{what[1]}"
+            out = work / "results_pool" / name / "test_latest" / "images" / "fake_B"
+            if len(list(out.glob("*.png"))) < len(pool_labels):
+                args = _common(what[0], root, work, name, width) + [
+                    "--results_dir", str((work / "results_pool").resolve()), "--phase", "test", "--epoch", "latest",
+                    "--num_test", str(len(pool_labels))]
+                _run_theirs(checkout(what[0]), "test.py", args, what[1], work / "checkpoints" / name / "test_pool.log")
+            images = _load_pngs(out, len(pool_labels)).float() / 127.5 - 1
+        else:
+            synth = ds.synthesize(str(what), root / "maps", work / "synth_pool" / f"{row}_seed{seed}".replace(" ", "_")
+                                  .replace("/", "_"), None, 1, torch.device("cpu"), 16, one_style=False)
+            images, labels, _ = ds.read_pairs(synth)
+            if not torch.equal(labels, pool_labels):
+                raise PeersError(f"{synth}: its label maps are not the pool's (remove the folder and rerun)")
+        t = time.perf_counter()
+        net = ds.train_segmenter(images, pool_labels, ds.TRAIN_STEPS, ds.SEGMENTER_SEED + seed, torch.device("cpu"))
+        results[key] = {"row": row, "seed": str(seed), "source": str(what),
+                        **ds.evaluate(net, test_images, test_labels, torch.device("cpu")),
+                        "train_seconds": time.perf_counter() - t}
+        results_file.write_text(json.dumps(results, indent=1))
+        print(f"[peers] downstream {row} seed {seed}: mIoU {results[key]['miou']:.1f}", flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------------- 6. report
 
 CLASSES = ("sky", "road", "building", "tree", "car", "sidewalk", "pole", "person", "sign")
 
@@ -287,7 +366,28 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} +- {statistics.stdev(values):.2g}"
 
 
-def report(result: dict, path: Path) -> None:
+DOWNSTREAM_CLASSES = ("car", "person", "sign", "pole")
+
+
+def downstream_table(results: dict) -> list[str]:
+    """The downstream row per method: mIoU on real photos (mean +- std over seeds), its share of the oracle's, and
+    the IoU of the classes the quality issue tracks."""
+    by_row: dict[str, list[dict]] = {}
+    for r in results.values():
+        by_row.setdefault(r["row"], []).append(r)
+    oracle = [r["miou"] for r in by_row.get("oracle (real photos)", [])]
+    lines = ["| method | seeds | downstream mIoU | / oracle | " + " | ".join(DOWNSTREAM_CLASSES) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(DOWNSTREAM_CLASSES)]
+    for row, items in by_row.items():
+        miou = [r["miou"] for r in items]
+        share = f"{statistics.mean(miou) / statistics.mean(oracle):.2f}" if oracle else "-"
+        ious = [_mean_std([r["iou"][c] for r in items]) for c in DOWNSTREAM_CLASSES]
+        lines.append(f"| {row} | {', '.join(r['seed'] for r in items)} | {_mean_std(miou)} | {share} | "
+                     + " | ".join(ious) + " |")
+    return lines
+
+
+def report(result: dict, path: Path, downstream: dict | None = None) -> None:
     from usis.utils.images import save_grid
 
     by_row: dict[str, list[dict]] = {}
@@ -300,6 +400,9 @@ def report(result: dict, path: Path) -> None:
         ious = [_mean_std([s[f"iou/{c}"] for s in items if not math.isnan(s[f"iou/{c}"])] or [math.nan])
                 for c in CLASSES]
         lines.append(f"| {row} | {', '.join(s['seed'] for s in items)} | " + " | ".join(cells + ious) + " |")
+    if downstream:
+        lines += ["", "The downstream row (a segmenter trained on each method's images of 800 unseen maps, mIoU on "
+                  "200 held-out real photos; benchmarks/downstream.py's protocol):", ""] + downstream_table(downstream)
     grid = path.with_suffix(".png")
     save_grid([c.float() / 127.5 - 1 for c in result["grid"]], grid)
     text = "\n".join(lines) + f"\n\n![the same maps through every method: palette | {' | '.join(result['grid_rows'])} " \
@@ -311,7 +414,7 @@ def report(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "train", "test", "score", "all", "flops"])
+    ap.add_argument("step", choices=["prepare", "train", "test", "score", "downstream", "all", "flops"])
     ap.add_argument("--methods", nargs="+", default=["cut", "fastcut", "cyclegan"], choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--width", type=int, default=16, help="--ngf and --ndf of the peers (16: ~our preset's compute)")
@@ -345,10 +448,15 @@ def main(argv: list[str] | None = None) -> int:
                     train(m, s, data, work, args.images, args.train_images, args.width)
                 if args.step in ("test", "all"):
                     test(m, s, data, work, args.width)
+        down = None
+        if args.step in ("downstream", "all"):
+            down = downstream_rows(work, args.methods, args.seeds, args.width, usis)
+            print("\n".join(downstream_table(down)))
         if args.step in ("score", "all"):
             result = score_all(work, args.methods, args.seeds, args.width, usis)
             if args.report:
-                report(result, Path(args.report))
+                saved = work / "downstream.json"
+                report(result, Path(args.report), down or (json.loads(saved.read_text()) if saved.is_file() else None))
     except PeersError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,3 +42,20 @@ def test_the_peers_read_palette_maps_and_photos_and_a_missing_checkout_is_one_me
     assert {tuple(c) for c in a.reshape(-1, 3)} <= {tuple(c) for c in PALETTE}
     b = np.asarray(Image.open(data / "trainB" / "00000.png"))
     assert b.shape == (64, 128, 3) and len(np.unique(b.reshape(-1, 3), axis=0)) > 100  # a photo
+
+
+def test_the_downstream_step_checks_the_checkouts_first_and_tabulates_against_the_oracle(tmp_path, monkeypatch, capsys):
+    peers = _peers()
+    monkeypatch.setattr(peers, "PEERS", tmp_path / "nowhere")
+    code = peers.main(["downstream", "--methods", "fastcut", "--train-images", "2", "--work", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "get_peers.sh" in err and "for fastcut" in err
+    assert not (tmp_path / "w" / "downstream.json").exists()
+    iou = {c: 10.0 for c in peers.DOWNSTREAM_CLASSES}
+    results = {"oracle (real photos)|0": {"row": "oracle (real photos)", "seed": "0", "miou": 80.0, "iou": iou},
+               "oracle (real photos)|1": {"row": "oracle (real photos)", "seed": "1", "miou": 80.0, "iou": iou},
+               "cut (width 16)|0": {"row": "cut (width 16)", "seed": "0", "miou": 30.0, "iou": {**iou, "car": 20.0}},
+               "cut (width 16)|1": {"row": "cut (width 16)", "seed": "1", "miou": 50.0, "iou": iou}}
+    table = peers.downstream_table(results)
+    cut = next(line for line in table if line.startswith("| cut"))
+    assert "| 0, 1 | 40 +- 14 | 0.50 | 15 +- 7.1 | 10 +- 0 |" in cut  # mean +- std; the share of the oracle
