@@ -19,7 +19,8 @@ Steps (each resumable; ``all`` runs them in order):
 4. ``score``: every method's 200 images (and usis checkpoints given with ``--usis NAME=CKPT``, image i with the
    evaluation's seed ``EVAL_SEED + i``, as written to 8 bits like the peers' PNGs) through the same tools: the
    synthetic evaluator's mIoU / ceiling and per-class IoU, sFID, and the realism measure (``usis.metrics.c2st``,
-   against the 200 validation photos); the palette images themselves as a row (no translation).
+   against the 200 validation photos), and for usis, which draws noise, MS-SSIM between samples as the periodic
+   evaluation measures it (10 maps x 20 samples); the palette images themselves as a row (no translation).
 5. ``downstream``: the downstream study's USIS-only row for every method, by ``benchmarks/downstream.py``'s own
    protocol and functions (nothing re-implemented): its pool of 800 label maps (a paired stream no training stream
    draws from) written in the palette's colours as a test set of theirs (``pool/testA``), translated by their
@@ -251,6 +252,19 @@ def usis_images(checkpoint: str, labels: torch.Tensor) -> torch.Tensor:
     return as_written(generate_images(G, labels, list(range(EVAL_SEED, EVAL_SEED + len(labels)))))
 
 
+def usis_diversity(checkpoint: str, labels: torch.Tensor) -> float:
+    """MS-SSIM between samples, as the periodic evaluation measures it (its maps, samples per map and seeds)."""
+    from usis.generate import generate_images, load_generator
+    from usis.metrics.diversity import msssim_diversity
+    from usis.metrics.periodic import MSSSIM_MAPS, MSSSIM_SAMPLES
+    from usis.metrics.synthetic_eval.fit import EVAL_SEED
+
+    G = load_generator(checkpoint).G
+    seeds = iter(range(EVAL_SEED + 100_000, EVAL_SEED + 100_000 + MSSSIM_MAPS * MSSSIM_SAMPLES))
+    return msssim_diversity(lambda b: generate_images(G, b, [next(seeds) for _ in range(len(b))]),
+                            labels[:MSSSIM_MAPS], n_samples=MSSSIM_SAMPLES, batch_size=MSSSIM_SAMPLES)
+
+
 def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis: dict[str, str]) -> dict:
     from usis.data.synthetic import labels_to_rgb
 
@@ -274,6 +288,8 @@ def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis
         key = f"{row}|{seed}"
         if key not in scores:
             scores[key] = {"row": row, "seed": seed, "source": str(what), **score(images, labels, real)}
+            if isinstance(what, str):  # usis draws noise: its diversity (the peers and the palette have none)
+                scores[key]["msssim"] = usis_diversity(what, labels)
             scores_file.write_text(json.dumps(scores, indent=1))
             print(f"[peers] {row} seed {seed}: mIoU / ceiling {scores[key]['miou_ratio']:.3f}, "
                   f"sFID {scores[key]['sfid']:.2f}, c2st {scores[key]['c2st']:.3f}", flush=True)
@@ -393,10 +409,11 @@ def report(result: dict, path: Path, downstream: dict | None = None) -> None:
     by_row: dict[str, list[dict]] = {}
     for s in result["scores"].values():
         by_row.setdefault(s["row"], []).append(s)
-    lines = ["| method | seeds | mIoU / ceiling | sFID | c2st (acc) | c2st loss | " + " | ".join(CLASSES) + " |",
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(CLASSES)]
+    lines = ["| method | seeds | mIoU / ceiling | sFID | c2st (acc) | c2st loss | MS-SSIM | " + " | ".join(CLASSES)
+             + " |", "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CLASSES)]
     for row, items in by_row.items():
         cells = [_mean_std([s[k] for s in items]) for k in ("miou_ratio", "sfid", "c2st", "c2st_loss")]
+        cells.append(_mean_std([s["msssim"] for s in items]) if all("msssim" in s for s in items) else "- (no noise)")
         ious = [_mean_std([s[f"iou/{c}"] for s in items if not math.isnan(s[f"iou/{c}"])] or [math.nan])
                 for c in CLASSES]
         lines.append(f"| {row} | {', '.join(s['seed'] for s in items)} | " + " | ".join(cells + ious) + " |")
