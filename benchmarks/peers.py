@@ -179,6 +179,15 @@ def train(method: str, seed: int, data: Path, work: Path, images: int, train_ima
     return out
 
 
+def trained_runs(work: Path, methods: list[str], seeds: list[int], width: int) -> list[tuple[str, int]]:
+    """The (method, seed) runs whose training finished; the others are named and left out (``train`` makes them)."""
+    done = [(m, s) for m in methods for s in seeds if (work / "checkpoints" / f"{m}_w{width}_seed{s}" / "done.json").is_file()]
+    missing = [f"{m} seed {s}" for m in methods for s in seeds if (m, s) not in done]
+    if missing:
+        print(f"[peers] not trained yet, left out: {', '.join(missing)}", file=sys.stderr)
+    return done
+
+
 def test(method: str, seed: int, data: Path, work: Path, width: int) -> Path:
     name = f"{method}_w{width}_seed{seed}"
     images = work / "results" / name / "test_latest" / "images" / "fake_B"
@@ -273,7 +282,7 @@ def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis
     scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
     rows: dict[str, torch.Tensor] = {}
     todo: list[tuple[str, str, object]] = [("palette (no translation)", "-", None)]
-    todo += [(f"{m} (width {width})", str(s), (m, s)) for m in methods for s in seeds]
+    todo += [(f"{m} (width {width})", str(s), (m, s)) for m, s in trained_runs(work, methods, seeds, width)]
     todo += [(name.rsplit("@", 1)[0], name.rsplit("@", 1)[1] if "@" in name else "0", ckpt)
              for name, ckpt in usis.items()]
     for row, seed, what in todo:
@@ -335,7 +344,7 @@ def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     todo: list[tuple[str, int, object]] = [("oracle (real photos)", s, "oracle") for s in seeds]
     todo += [("palette (no translation)", s, "palette") for s in seeds]
-    todo += [(f"{m} (width {width})", s, (m, s)) for m in methods for s in seeds]
+    todo += [(f"{m} (width {width})", s, (m, s)) for m, s in trained_runs(work, methods, seeds, width)]
     todo += [(name.rsplit("@", 1)[0], int(name.rsplit("@", 1)[1]) if "@" in name else 0, ckpt)
              for name, ckpt in usis.items()]
     for row, seed, what in todo:
@@ -459,12 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         data = prepare(work, args.train_images)
-        for m in args.methods:
-            for s in args.seeds:
-                if args.step in ("train", "all"):
+        if args.step in ("train", "all"):
+            for m in args.methods:
+                for s in args.seeds:
                     train(m, s, data, work, args.images, args.train_images, args.width)
-                if args.step in ("test", "all"):
-                    test(m, s, data, work, args.width)
+        if args.step in ("test", "score", "all"):
+            for m, s in trained_runs(work, args.methods, args.seeds, args.width):
+                test(m, s, data, work, args.width)
         down = None
         if args.step in ("downstream", "all"):
             down = downstream_rows(work, args.methods, args.seeds, args.width, usis)
