@@ -21,6 +21,10 @@ And whether G and S agree on cues the photos do not have: the run's own segmente
 images) scored on G's images and on real photos with their own maps (per-class IoU). If S reads G's images
 far better than photos, what G paints for a class is a code the two share, not the class's look.
 
+``--reads-only``: just what a lost class is painted as: for each class, the shares of its pixels in G's images
+that the evaluator (trained on real renderings) and the run's own S read as each class (rows of the confusion
+matrices), beside the IoU; the variants, the realism test and the grain are skipped (seconds, not minutes).
+
     python benchmarks/diagnose.py runs/ds/g2/checkpoints/latest.pt --json docs/results/diagnose_g2.json \
         --grid docs/results/diagnose_g2.png
 """
@@ -85,7 +89,7 @@ def band_energy(images: torch.Tensor, levels: int = 3) -> list[float]:
     return out
 
 
-def variants(ckpt: str, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def variants(ckpt: str, labels: torch.Tensor, only_ema: bool = False) -> dict[str, torch.Tensor]:
     gen = load_generator(ckpt)
     G = gen.G
     seeds = list(range(len(labels)))
@@ -100,6 +104,8 @@ def variants(ckpt: str, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return torch.cat(out)
 
     rows = {"ema": run(G)}
+    if only_ema:
+        return rows
     batch_stats = copy.deepcopy(G).eval()
     for m in batch_stats.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -137,12 +143,47 @@ def segmenter_reads(ckpt: str, images: dict[str, torch.Tensor], labels: dict[str
     return out
 
 
+def reads(hist: torch.Tensor, top: int = 3) -> dict[str, dict[str, float]]:
+    """Per true class (a row of a confusion matrix ``hist[true, predicted]``): the ``top`` classes its pixels are
+    read as, in percent of the class's pixels."""
+    out = {}
+    for c in range(1, NUM_CLASSES):
+        total = int(hist[c].sum())
+        if total:
+            shares = hist[c].float() / total * 100
+            best = shares.argsort(descending=True)[:top]
+            out[CLASS_NAMES[c]] = {CLASS_NAMES[int(k)]: round(float(shares[k]), 1) for k in best if shares[k] > 0.5}
+    return out
+
+
+@torch.no_grad()
+def what_classes_are_read_as(ckpt: str, labels: torch.Tensor, evaluator: SyntheticEvaluator) -> dict:
+    """The EMA generator's images of ``labels``: the evaluator's and the run's S's reading of every class."""
+    images = as_written(variants(ckpt, labels, only_ema=True)["ema"]).float() / 127.5 - 1
+    gen = load_generator(ckpt)
+    S = build_segmenter(gen.cfg)
+    S.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["S"])
+    S.eval()
+    s_cm = ConfusionMatrix(NUM_CLASSES, ignore_index=0)
+    for i in range(0, len(images), 16):
+        logits = S(images[i:i + 16])
+        if logits.shape[1] == NUM_CLASSES + 1:  # the reference's extra channel 0: never a class
+            logits = logits[:, 1:]
+        s_cm.update(logits.argmax(1), labels[i:i + 16])
+    ev_cm = evaluator.confusion(images, labels)
+    ev_iou, s_iou = ev_cm.iou(), s_cm.iou()
+    return {CLASS_NAMES[c]: {"evaluator_iou": round(100 * float(ev_iou[c]), 1), "evaluator_reads": reads(ev_cm.hist)
+                             .get(CLASS_NAMES[c], {}), "s_iou": round(100 * float(s_iou[c]), 1),
+                             "s_reads": reads(s_cm.hist).get(CLASS_NAMES[c], {})} for c in range(1, NUM_CLASSES)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reads-only", action="store_true", help="only what each class is read as (see above)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     real = SyntheticPaired(N, 64, 128, seed=EVAL_SEED, split="val")
@@ -151,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     real_labels = torch.stack([real[i]["label"] for i in range(N)])
     labels = torch.stack([other[i]["label"] for i in range(N)])
     evaluator = SyntheticEvaluator.load_or_train(64, 128)
+    if args.reads_only:
+        out = what_classes_are_read_as(args.checkpoint, labels, evaluator)
+        for name, r in out.items():
+            print(f"{name:9s} evaluator IoU {r['evaluator_iou']:5.1f} reads {r['evaluator_reads']}  |  S IoU "
+                  f"{r['s_iou']:5.1f} reads {r['s_reads']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "reads": out}, indent=1))
+        return 0
     real_bands = band_energy(real_images)
     results = {"checkpoint": args.checkpoint,
                "real photos": {"grain": grain(real_images, real_labels), "band_energy": real_bands}}
