@@ -59,7 +59,9 @@ def plot(reports: list[tuple[str, dict]], path: Path) -> None:
     x = range(len(reports))
     a.errorbar(x, [r[ROW]["miou"][0] for _, r in reports], yerr=[r[ROW]["miou"][1] for _, r in reports],
                marker="o", capsize=4)
-    a.set_xticks(list(x), [label for label, _ in reports])
+    labels = [label for label, _ in reports]
+    long = max(len(label) for label in labels) > 6  # slanted, so that long names do not run into each other
+    a.set_xticks(list(x), labels, rotation=30 if long else 0, ha="right" if long else "center")
     a.set_ylabel("mIoU on real photos (%)")
     a.set_title("segmenter trained on USIS images")
     a.grid(alpha=0.3)
