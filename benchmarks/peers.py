@@ -27,6 +27,8 @@ Steps (each resumable; ``all`` runs them in order):
    ``test.py``; usis checkpoints synthesize the same maps with a noise seed per map (``usis_seeds``); the palette
    images (``no_translation``) and the pool's real photos (``oracle``) as bounds. One fixed segmenter (the
    evaluator's net and recipe, seed ``SEGMENTER_SEED + seed``) per row and seed, scored on 200 held-out real photos.
+   A usis row that ``downstream.py`` already measured (the same checkpoint by content, seed and protocol, under
+   ``runs/downstream/``) is taken from there, not recomputed.
 6. ``report``: a table (mean +- std over seeds) and a grid (the same maps through every method) in ``--report``.
 
     bash benchmarks/get_peers.sh                                     # the peers' code, into benchmarks/peers/
@@ -313,12 +315,26 @@ def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis
 
 def _downstream_protocol():
     """``benchmarks/downstream.py`` as a module: its pool, segmenter and scoring are the protocol, used as is."""
-    here = str(ROOT / "benchmarks")
+    here = str(Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)
     import downstream  # lazy: a sibling script, importable only once benchmarks/ is on the path
 
     return downstream
+
+
+def _measured_by_downstream(ds, checkpoint: str, seed: int) -> dict | None:
+    """The ``usis_seeds`` result ``benchmarks/downstream.py`` already wrote for this checkpoint (by content) with
+    this segmenter seed under the same protocol (``runs/downstream/*/results``): the same computation, not redone."""
+    digest = ds.digest(checkpoint)
+    want = {"maps": ds.TRAIN_IMAGES, "per_map": 1, "test": 200, "steps": ds.TRAIN_STEPS, "size": [HEIGHT, WIDTH],
+            "pool_seed": ds.POOL_SEED, "segmenter_seed": ds.SEGMENTER_SEED}
+    for path in sorted((ROOT / "runs" / "downstream").glob(f"*/results/usis_seeds/seed{seed}.json")):
+        old = json.loads(path.read_text())
+        if old.get("digest") == digest and old.get("seed") == seed and \
+                all(old.get("protocol", {}).get(k) == v for k, v in want.items()):
+            return {"path": str(path), "miou": old["miou"], "pixel_accuracy": old["pixel_accuracy"], "iou": old["iou"]}
+    return None
 
 
 def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int, usis: dict[str, str]) -> dict:
@@ -364,6 +380,11 @@ def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int
                     "--num_test", str(len(pool_labels))]
                 _run_theirs(checkout(what[0]), "test.py", args, what[1], work / "checkpoints" / name / "test_pool.log")
             images = _load_pngs(out, len(pool_labels)).float() / 127.5 - 1
+        elif (done := _measured_by_downstream(ds, str(what), seed)) is not None:
+            results[key] = {"row": row, "seed": str(seed), "source": str(what), "reused": done.pop("path"), **done}
+            results_file.write_text(json.dumps(results, indent=1))
+            print(f"[peers] downstream {row} seed {seed}: mIoU {results[key]['miou']:.1f} (downstream.py's)", flush=True)
+            continue
         else:
             synth = ds.synthesize(str(what), root / "maps", work / "synth_pool" / f"{row}_seed{seed}".replace(" ", "_")
                                   .replace("/", "_"), None, 1, torch.device("cpu"), 16, one_style=False)

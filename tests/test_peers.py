@@ -59,3 +59,26 @@ def test_the_downstream_step_checks_the_checkouts_first_and_tabulates_against_th
     table = peers.downstream_table(results)
     cut = next(line for line in table if line.startswith("| cut"))
     assert "| 0, 1 | 40 +- 14 | 0.50 | 15 +- 7.1 | 10 +- 0 |" in cut  # mean +- std; the share of the oracle
+
+
+def test_a_usis_row_downstream_py_measured_is_reused_only_for_the_same_weights_seed_and_protocol(tmp_path,
+                                                                                                  monkeypatch):
+    peers = _peers()
+    monkeypatch.setattr(peers, "ROOT", tmp_path)
+    ds = peers._downstream_protocol()
+    ckpt = tmp_path / "g.pt"
+    ckpt.write_bytes(b"weights")
+    proto = {"maps": ds.TRAIN_IMAGES, "per_map": 1, "test": 200, "steps": ds.TRAIN_STEPS, "size": [64, 128],
+             "pool_seed": ds.POOL_SEED, "segmenter_seed": ds.SEGMENTER_SEED, "keep": 0.7}
+    saved = tmp_path / "runs" / "downstream" / "x" / "results" / "usis_seeds" / "seed1.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(__import__("json").dumps({"protocol": proto, "digest": ds.digest(str(ckpt)), "seed": 1,
+                                               "miou": 42.0, "pixel_accuracy": 80.0, "iou": {"car": 20.0}}))
+    found = peers._measured_by_downstream(ds, str(ckpt), 1)
+    assert found["miou"] == 42.0 and found["path"] == str(saved)
+    assert peers._measured_by_downstream(ds, str(ckpt), 0) is None  # another segmenter seed
+    ckpt.write_bytes(b"other weights")
+    assert peers._measured_by_downstream(ds, str(ckpt), 1) is None  # other weights at the same path
+    ckpt.write_bytes(b"weights")
+    saved.write_text(saved.read_text().replace('"steps": 400', '"steps": 200'))
+    assert peers._measured_by_downstream(ds, str(ckpt), 1) is None  # another protocol
