@@ -33,7 +33,7 @@ Steps (each resumable; ``all`` runs them in order):
 
     bash benchmarks/get_peers.sh                                     # the peers' code, into benchmarks/peers/
     python benchmarks/peers.py all --methods cut fastcut cyclegan --seeds 0 1 2 --work runs/peers \\
-        --usis "usis (paper recipe)=runs/ds/g0/checkpoints/latest.pt" --report docs/peers.md
+        --usis "usis (paper recipe)@0=runs/ds/g0/checkpoints/latest.pt" --report docs/results/peers.md
     python benchmarks/peers.py train --methods cut --seeds 0 --images 200 --work /tmp/peers   # a smoke run
     python benchmarks/peers.py downstream --methods cut --seeds 0 1 2 --usis "usis@0=runs/ds/g0" ...  # the row
 """
