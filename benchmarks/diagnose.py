@@ -123,20 +123,26 @@ def variants(ckpt: str, labels: torch.Tensor, only_ema: bool = False) -> dict[st
 
 
 @torch.no_grad()
-def segmenter_reads(ckpt: str, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict:
-    """The run's S on each set of images (float in [-1, 1]) against its maps: mIoU and IoU per class."""
+def s_confusion(ckpt: str, images: torch.Tensor, labels: torch.Tensor) -> ConfusionMatrix:
+    """The run's own S on ``images`` (float in [-1, 1]) against ``labels``: its confusion matrix."""
     gen = load_generator(ckpt)
     S = build_segmenter(gen.cfg)
     S.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["S"])
     S.eval()
+    cm = ConfusionMatrix(NUM_CLASSES, ignore_index=0)
+    for i in range(0, len(images), 16):
+        logits = S(images[i:i + 16])
+        if logits.shape[1] == NUM_CLASSES + 1:  # the reference's extra channel 0: never a class
+            logits = logits[:, 1:]
+        cm.update(logits.argmax(1), labels[i:i + 16])
+    return cm
+
+
+def segmenter_reads(ckpt: str, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict:
+    """The run's S on each set of images (float in [-1, 1]) against its maps: mIoU and IoU per class."""
     out = {}
     for name, x in images.items():
-        cm = ConfusionMatrix(NUM_CLASSES, ignore_index=0)
-        for i in range(0, len(x), 16):
-            logits = S(x[i:i + 16])
-            if logits.shape[1] == NUM_CLASSES + 1:  # the reference's extra channel 0: never a class
-                logits = logits[:, 1:]
-            cm.update(logits.argmax(1), labels[name][i:i + 16])
+        cm = s_confusion(ckpt, x, labels[name])
         iou = cm.iou()
         out[name] = {"miou": cm.miou(over="union"),
                      "iou": {CLASS_NAMES[c]: 100 * float(iou[c]) for c in range(1, NUM_CLASSES)}}
@@ -160,16 +166,7 @@ def reads(hist: torch.Tensor, top: int = 3) -> dict[str, dict[str, float]]:
 def what_classes_are_read_as(ckpt: str, labels: torch.Tensor, evaluator: SyntheticEvaluator) -> dict:
     """The EMA generator's images of ``labels``: the evaluator's and the run's S's reading of every class."""
     images = as_written(variants(ckpt, labels, only_ema=True)["ema"]).float() / 127.5 - 1
-    gen = load_generator(ckpt)
-    S = build_segmenter(gen.cfg)
-    S.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["S"])
-    S.eval()
-    s_cm = ConfusionMatrix(NUM_CLASSES, ignore_index=0)
-    for i in range(0, len(images), 16):
-        logits = S(images[i:i + 16])
-        if logits.shape[1] == NUM_CLASSES + 1:  # the reference's extra channel 0: never a class
-            logits = logits[:, 1:]
-        s_cm.update(logits.argmax(1), labels[i:i + 16])
+    s_cm = s_confusion(ckpt, images, labels)
     ev_cm = evaluator.confusion(images, labels)
     ev_iou, s_iou = ev_cm.iou(), s_cm.iou()
     return {CLASS_NAMES[c]: {"evaluator_iou": round(100 * float(ev_iou[c]), 1), "evaluator_reads": reads(ev_cm.hist)

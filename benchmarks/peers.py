@@ -159,7 +159,7 @@ def _common(method: str, data: Path, work: Path, name: str, width: int) -> list[
 
 
 def train(method: str, seed: int, data: Path, work: Path, images: int, train_images: int, width: int) -> Path:
-    name = f"{method}_w{width}_seed{seed}"
+    name = run_name(method, seed, width)
     out = work / "checkpoints" / name
     if (out / "done.json").is_file():
         return out
@@ -181,9 +181,20 @@ def train(method: str, seed: int, data: Path, work: Path, images: int, train_ima
     return out
 
 
+def run_name(method: str, seed: int, width: int) -> str:
+    """A peer run's name: its checkpoint and results folders."""
+    return f"{method}_w{width}_seed{seed}"
+
+
+def usis_rows(usis: dict[str, str]) -> list[tuple[str, int, str]]:
+    """``--usis NAME[@SEED]=CKPT`` items as (row, seed, checkpoint); no ``@SEED`` is seed 0."""
+    return [(name.rsplit("@", 1)[0], int(name.rsplit("@", 1)[1]) if "@" in name else 0, ckpt)
+            for name, ckpt in usis.items()]
+
+
 def trained_runs(work: Path, methods: list[str], seeds: list[int], width: int) -> list[tuple[str, int]]:
     """The (method, seed) runs whose training finished; the others are named and left out (``train`` makes them)."""
-    done = [(m, s) for m in methods for s in seeds if (work / "checkpoints" / f"{m}_w{width}_seed{s}" / "done.json").is_file()]
+    done = [(m, s) for m in methods for s in seeds if (work / "checkpoints" / run_name(m, s, width) / "done.json").is_file()]
     missing = [f"{m} seed {s}" for m in methods for s in seeds if (m, s) not in done]
     if missing:
         print(f"[peers] not trained yet, left out: {', '.join(missing)}", file=sys.stderr)
@@ -191,7 +202,7 @@ def trained_runs(work: Path, methods: list[str], seeds: list[int], width: int) -
 
 
 def test(method: str, seed: int, data: Path, work: Path, width: int) -> Path:
-    name = f"{method}_w{width}_seed{seed}"
+    name = run_name(method, seed, width)
     images = work / "results" / name / "test_latest" / "images" / "fake_B"
     if len(list(images.glob("*.png"))) >= 200:
         return images
@@ -285,13 +296,12 @@ def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis
     rows: dict[str, torch.Tensor] = {}
     todo: list[tuple[str, str, object]] = [("palette (no translation)", "-", None)]
     todo += [(f"{m} (width {width})", str(s), (m, s)) for m, s in trained_runs(work, methods, seeds, width)]
-    todo += [(name.rsplit("@", 1)[0], name.rsplit("@", 1)[1] if "@" in name else "0", ckpt)
-             for name, ckpt in usis.items()]
+    todo += [(row, str(seed), ckpt) for row, seed, ckpt in usis_rows(usis)]
     for row, seed, what in todo:
         if what is None:
             images = torch.from_numpy(labels_to_rgb(labels.numpy())).permute(0, 3, 1, 2)
         elif isinstance(what, tuple):
-            folder = work / "results" / f"{what[0]}_w{width}_seed{what[1]}" / "test_latest" / "images" / "fake_B"
+            folder = work / "results" / run_name(*what, width) / "test_latest" / "images" / "fake_B"
             images = _load_pngs(folder, len(labels))
         else:
             images = usis_images(what, labels)
@@ -361,8 +371,7 @@ def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int
     todo: list[tuple[str, int, object]] = [("oracle (real photos)", s, "oracle") for s in seeds]
     todo += [("palette (no translation)", s, "palette") for s in seeds]
     todo += [(f"{m} (width {width})", s, (m, s)) for m, s in trained_runs(work, methods, seeds, width)]
-    todo += [(name.rsplit("@", 1)[0], int(name.rsplit("@", 1)[1]) if "@" in name else 0, ckpt)
-             for name, ckpt in usis.items()]
+    todo += usis_rows(usis)
     for row, seed, what in todo:
         key = f"{row}|{seed}"
         if key in results:
@@ -372,7 +381,7 @@ def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int
         elif what == "palette":
             images = ds.painted(pool_labels)
         elif isinstance(what, tuple):
-            name = f"{what[0]}_w{width}_seed{what[1]}"
+            name = run_name(*what, width)
             out = work / "results_pool" / name / "test_latest" / "images" / "fake_B"
             if len(list(out.glob("*.png"))) < len(pool_labels):
                 args = _common(what[0], root, work, name, width) + [

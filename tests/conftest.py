@@ -1,5 +1,6 @@
 """Shared tiny configurations and helpers for the tests (import them: ``from conftest import TINY``)."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -11,6 +12,17 @@ import pytest
 import torch
 
 from usis import config as C
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A fresh module of ``benchmarks/NAME.py`` (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 # Networks a few thousand parameters big: every code path runs, in milliseconds per step.
 TINY_NETS = ["model.g_ch=2", "model.z_dim=4", "model.spade_hidden=8", "model.s_ch=2", "model.d_ch=4",

@@ -1,22 +1,11 @@
 """benchmarks/diagnose.py's reading of a confusion matrix: what each class's pixels are read as."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _diagnose():
-    spec = importlib.util.spec_from_file_location("diagnose", ROOT / "benchmarks" / "diagnose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 def test_reads_gives_each_class_its_top_readings_in_percent_of_its_pixels():
-    d = _diagnose()
+    d = load_benchmark("diagnose")
     from usis.data.synthetic import CLASS_NAMES, NUM_CLASSES
 
     hist = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)

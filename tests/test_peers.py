@@ -1,22 +1,19 @@
 """benchmarks/peers.py: the steps documented, the peers' data as they read it, and one message (with the command
 that fetches them) where their code is missing. Their training itself runs in the benchmark, not here."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import load_benchmark
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _peers():
-    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("peers")
 
 
 def test_help_documents_the_steps():
