@@ -29,7 +29,8 @@ Steps (each resumable; ``all`` runs them in order):
    evaluator's net and recipe, seed ``SEGMENTER_SEED + seed``) per row and seed, scored on 200 held-out real photos.
    A usis row that ``downstream.py`` already measured (the same checkpoint by content, seed and protocol, under
    ``runs/downstream/``) is taken from there, not recomputed.
-6. ``report``: a table (mean +- std over seeds) and a grid (the same maps through every method) in ``--report``.
+6. ``report``: a table (mean +- std over seeds) and a grid (the same maps through every method) in ``--report``,
+   and every seed's figures in JSON beside it.
 
     bash benchmarks/get_peers.sh                                     # the peers' code, into benchmarks/peers/
     python benchmarks/peers.py all --methods cut fastcut cyclegan --seeds 0 1 2 --work runs/peers \\
@@ -67,6 +68,20 @@ METHODS = {
     "cyclegan_cut": ("cut", ["--model", "cycle_gan"]),
 }
 FETCH = "bash benchmarks/get_peers.sh"
+# Run before their script, for a method whose code does not run as shipped. The CycleGAN model in CUT's code is an
+# older copy that no longer fits CUT's scripts in two places: its ``data_dependent_initialize`` takes no ``data``
+# (a no-op, ``return``) though CUT's train.py and test.py pass it, and it reads ``opt.amp`` (apex mixed precision),
+# an option CUT's parsers no longer define. The shim gives their no-op the argument their scripts pass and the
+# option its only possible value here (off); nothing they compute changes.
+SHIMS = {
+    "cyclegan_cut": "import models.cycle_gan_model as _m\n"
+                    "_m.CycleGANModel.data_dependent_initialize = lambda self, data=None: None\n"
+                    "_init = _m.CycleGANModel.__init__\n"
+                    "def _no_amp(self, opt):\n"
+                    "    opt.amp = getattr(opt, 'amp', False)\n"
+                    "    _init(self, opt)\n"
+                    "_m.CycleGANModel.__init__ = _no_amp\n",
+}
 
 
 class PeersError(Exception):
@@ -132,10 +147,11 @@ def checkout(method: str) -> Path:
     return code
 
 
-def _run_theirs(code: Path, script: str, args: list[str], seed: int, log: Path) -> None:
-    """Their ``script`` as ``python script args``, run from their checkout, the global RNGs seeded first."""
+def _run_theirs(code: Path, script: str, args: list[str], seed: int, log: Path, shim: str = "") -> None:
+    """Their ``script`` as ``python script args``, run from their checkout, the global RNGs seeded first (and
+    ``shim``, from ``SHIMS``, run before it)."""
     boot = (f"import random, sys, numpy, torch; random.seed({seed}); numpy.random.seed({seed}); "
-            f"torch.manual_seed({seed}); import runpy; sys.argv = [{script!r}] + sys.argv[1:]; "
+            f"torch.manual_seed({seed})\n{shim}import runpy; sys.argv = [{script!r}] + sys.argv[1:]; "
             f"runpy.run_path({script!r}, run_name='__main__')")
     env = dict(os.environ, PYTHONHASHSEED=str(seed), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     with open(log, "a") as f:
@@ -171,7 +187,7 @@ def train(method: str, seed: int, data: Path, work: Path, images: int, train_ima
         "--print_freq", "500", "--save_epoch_freq", str(epochs), "--save_latest_freq", str(10 ** 9)]  # saved at the end
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _run_theirs(code, "train.py", args, seed, out / "train.log")
+    _run_theirs(code, "train.py", args, seed, out / "train.log", SHIMS.get(method, ""))
     for weights in out.glob("*.pth"):  # their DataParallel wrapper on a CPU: a "module." prefix test.py cannot load
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if any(k.startswith("module.") for k in state):
@@ -208,7 +224,7 @@ def test(method: str, seed: int, data: Path, work: Path, width: int) -> Path:
         return images
     args = _common(method, data, work, name, width) + [
         "--results_dir", str((work / "results").resolve()), "--phase", "test", "--epoch", "latest", "--num_test", "200"]
-    _run_theirs(checkout(method), "test.py", args, seed, work / "checkpoints" / name / "test.log")
+    _run_theirs(checkout(method), "test.py", args, seed, work / "checkpoints" / name / "test.log", SHIMS.get(method, ""))
     return images
 
 
@@ -387,7 +403,8 @@ def downstream_rows(work: Path, methods: list[str], seeds: list[int], width: int
                 args = _common(what[0], root, work, name, width) + [
                     "--results_dir", str((work / "results_pool").resolve()), "--phase", "test", "--epoch", "latest",
                     "--num_test", str(len(pool_labels))]
-                _run_theirs(checkout(what[0]), "test.py", args, what[1], work / "checkpoints" / name / "test_pool.log")
+                _run_theirs(checkout(what[0]), "test.py", args, what[1], work / "checkpoints" / name / "test_pool.log",
+                            SHIMS.get(what[0], ""))
             images = _load_pngs(out, len(pool_labels)).float() / 127.5 - 1
         elif (done := _measured_by_downstream(ds, str(what), seed)) is not None:
             results[key] = {"row": row, "seed": str(seed), "source": str(what), "reused": done.pop("path"), **done}
@@ -464,6 +481,9 @@ def report(result: dict, path: Path, downstream: dict | None = None) -> None:
     text = "\n".join(lines) + f"\n\n![the same maps through every method: palette | {' | '.join(result['grid_rows'])} " \
                               f"| a real photo]({grid.name})\n"
     path.write_text(text)
+    # every seed's figures beside the table: the run folders are scratch, this is what a later row is added to
+    path.with_suffix(".json").write_text(json.dumps({"scores": result["scores"], "downstream": downstream or {}},
+                                                    indent=1))
     print(text)
 
 

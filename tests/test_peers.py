@@ -79,3 +79,50 @@ def test_a_usis_row_downstream_py_measured_is_reused_only_for_the_same_weights_s
     ckpt.write_bytes(b"weights")
     saved.write_text(saved.read_text().replace('"steps": 400', '"steps": 200'))
     assert peers._measured_by_downstream(ds, str(ckpt), 1) is None  # another protocol
+
+
+def test_the_cyclegan_shim_lets_their_scripts_call_the_model_and_changes_nothing_else(tmp_path):
+    """CUT's copy of the CycleGAN model (the two mismatches reproduced by a stand-in checkout): without the shim their
+    train.py fails before its first step; with it the no-op takes their argument and ``opt.amp`` is off."""
+    peers = _peers()
+    code = tmp_path / "cut"
+    (code / "models").mkdir(parents=True)
+    (code / "models" / "__init__.py").write_text("")
+    (code / "models" / "cycle_gan_model.py").write_text(
+        "class CycleGANModel:\n"
+        "    def __init__(self, opt):\n        self.opt = opt\n        self.width = opt.ngf\n"
+        "    def data_dependent_initialize(self):\n        return\n"
+        "    def backward_G(self):\n        return 'scaled' if self.opt.amp else 'plain'\n")
+    (code / "train.py").write_text(
+        "import argparse, sys, torch\nfrom models.cycle_gan_model import CycleGANModel\n"
+        "opt = argparse.Namespace(ngf=int(sys.argv[1]))\nm = CycleGANModel(opt)\n"
+        "m.data_dependent_initialize({'A': None})\n"
+        "print('ran', m.width, m.backward_G(), torch.initial_seed())\n")
+    log = tmp_path / "train.log"
+    try:
+        peers._run_theirs(code, "train.py", ["16"], 3, log)
+        raise AssertionError("their stand-in should fail without the shim")
+    except peers.PeersError as e:
+        assert "TypeError" in str(e) and "data_dependent_initialize" in str(e)
+    log.unlink()
+    peers._run_theirs(code, "train.py", ["16"], 3, log, peers.SHIMS["cyclegan_cut"])
+    assert log.read_text().splitlines()[-1] == "ran 16 plain 3"  # their options, amp off, the RNG seeded
+    assert set(peers.SHIMS) == {"cyclegan_cut"}  # CUT, FastCUT and CycleGAN's own code run as shipped
+
+
+def test_the_report_keeps_every_seeds_figures_beside_the_table(tmp_path):
+    import json
+
+    import torch
+
+    peers = _peers()
+    row = {"miou_ratio": 0.5, "sfid": 1.0, "c2st": 1.0, "c2st_loss": 0.001, **{f"iou/{c}": 10.0 for c in peers.CLASSES}}
+    scores = {"cyclegan_cut (width 16)|0": {"row": "cyclegan_cut (width 16)", "seed": "0", **row},
+              "cyclegan_cut (width 16)|1": {"row": "cyclegan_cut (width 16)", "seed": "1", **row, "miou_ratio": 0.7}}
+    grid = [torch.zeros(6, 3, 64, 128, dtype=torch.uint8)] * 3
+    down = {"oracle (real photos)|0": {"row": "oracle (real photos)", "seed": "0", "miou": 80.0,
+                                       "iou": {c: 1.0 for c in peers.DOWNSTREAM_CLASSES}}}
+    peers.report({"scores": scores, "grid": grid, "grid_rows": ["cyclegan_cut (width 16)"]}, tmp_path / "p.md", down)
+    assert "| cyclegan_cut (width 16) | 0, 1 | 0.6 +- 0.14 |" in (tmp_path / "p.md").read_text()
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved == {"scores": scores, "downstream": down} and (tmp_path / "p.png").is_file()

@@ -79,6 +79,9 @@ class ModelConfig:
     g_shortcut_norm: bool = True
     # segmenter (OASIS U-Net)
     s_ch: int = 64
+    # > 0: S is a local reader instead of the U-Net, that many 3x3 convolutions at full resolution (each pixel read
+    # from the (2 * s_local + 1)-pixel square around it, 4 * s_ch channels; issue 31's candidate; 0 = the paper)
+    s_local: int = 0
     # One more output channel than classes (channel 0, never a target) that takes part in the softmax of
     # the segmentation loss, as in the reference ("N+1" loss of OASIS; reference models/losses.py). False:
     # C channels, a plain C-way cross entropy (our earlier recipe).
@@ -487,6 +490,8 @@ def validate(cfg: Config) -> None:
                           f"{t.s_pseudo_threshold}: the weight must be >= 0 (0 = off), the threshold in (0, 1]")
     if t.lambda_rev < 0:
         raise ConfigError(f"train.lambda_rev={t.lambda_rev}: must be >= 0 (0 = no reverse cycle)")
+    if m.s_local < 0:
+        raise ConfigError(f"model.s_local={m.s_local}: the local reader's layers, >= 0 (0 = the paper's U-Net)")
     if m.g_type not in ("spade", "wavelet"):
         raise ConfigError(f"model.g_type={m.g_type!r}: choose spade or wavelet")
     if m.class_style and (m.g_type != "spade" or not 0 < m.class_style <= (m.z_dim if m.noise_3d else 0)):

@@ -52,7 +52,8 @@ def build_generator(cfg: Config) -> BaseGenerator:
 
 def build_segmenter(cfg: Config) -> Segmenter:
     m = cfg.model
-    return Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel)
+    return Segmenter(m.num_classes, ch=m.s_ch, spectral_norm=m.spectral_norm, extra_channel=m.s_extra_channel,
+                     local=m.s_local)
 
 
 def make_ema(model: nn.Module) -> nn.Module:
