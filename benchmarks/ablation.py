@@ -397,6 +397,9 @@ def _report(study_name: str, about: str, study: Study, out: Path, variants: list
     (report_dir / f"{study_name}.md").write_text(text + "\n")
     (report_dir / f"{study_name}.json").write_text(json.dumps(
         {v: {m: {str(s): list(t) for s, t in d.items()} for m, d in agg[v].items()} for v in agg}, indent=1))
+    # every run's evaluations as they were: the run folders are scratch, this is what a later seed is added to
+    (report_dir / f"{study_name}_runs.json").write_text(json.dumps(
+        {v: {str(s): [rec[k] for k in sorted(rec)] for s, rec in r.items()} for v, r in runs.items()}))
     return text
 
 

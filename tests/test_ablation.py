@@ -69,6 +69,15 @@ def test_mean_and_std_over_seeds(ablation, tmp_path):
     assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_keeps_every_runs_evaluations(ablation, tmp_path):
+    out = tmp_path / "study"
+    _write_run(out / "a" / "seed1", [_rec(0, 8, 4.0), _rec(100, 40, 1.0)])
+    study = ablation.Study(variants={"a": []}, iters=100, eval_every=100, about="t")
+    ablation.report("t", study, out, ["a"], [0, 1], tmp_path)
+    saved = json.loads((tmp_path / "t_runs.json").read_text())
+    assert saved == {"a": {"1": [_rec(0, 8, 4.0), _rec(100, 40, 1.0)]}}
+
+
 def test_every_study_variant_is_a_valid_config(ablation):
     from usis import config as C
 
