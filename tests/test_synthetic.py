@@ -240,7 +240,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator(cache_dir):
-    return E.SyntheticEvaluator.load_or_train(H, W, cache_dir=cache_dir, progress=False)
+    # fitted here, not read from the shipped weights: the fit is what these tests check
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E.evaluator, "shipped_path", lambda h, w: cache_dir / "not_shipped.pt")
+        return E.SyntheticEvaluator.load_or_train(H, W, cache_dir=cache_dir, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +362,26 @@ def test_cache_key_depends_on_size_and_versions(tmp_path, monkeypatch):
     assert E.cache_path(64, 128).parent == tmp_path / "env"
 
 
+def test_the_shipped_weights_are_what_every_machine_loads(tmp_path, monkeypatch):
+    """A machine without a cache reads the weights shipped with usis for the preset's size (no fit) and caches them;
+    they exist for the current cache key (a new DATA_VERSION or ARCH_VERSION needs a new file: fit it once, ship it)."""
+    shipped = E.fit.shipped_path(64, 128)
+    assert shipped.is_file() and shipped.parent == E.fit.SHIPPED_DIR
+    record = torch.load(shipped, weights_only=True)
+    assert (record["meta"]["height"], record["meta"]["width"]) == (64, 128)
+    assert (record["meta"]["data_version"], record["meta"]["arch_version"]) == (S.DATA_VERSION, E.ARCH_VERSION)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the shipped evaluator should have been loaded, not fitted")
+
+    monkeypatch.setattr(E.evaluator, "train_evaluator", no_training)
+    loaded = E.SyntheticEvaluator.load_or_train(64, 128, cache_dir=tmp_path, progress=False)
+    cached = torch.load(E.cache_path(64, 128, tmp_path), weights_only=True)
+    assert all(torch.equal(cached["state_dict"][k], v) for k, v in record["state_dict"].items())
+    images = S.stack(S.SyntheticPhotos(4, seed=1), "image")
+    assert torch.equal(loaded.segment(images), E.SyntheticEvaluator(E.fit._net_for(record), 64, 128).segment(images))
+
+
 def test_corrupt_cache_is_replaced(evaluator, cache_dir, tmp_path, monkeypatch):
     record = torch.load(E.cache_path(H, W, cache_dir), weights_only=True)
     bad = E.cache_path(H, W, tmp_path)
@@ -370,7 +393,8 @@ def test_corrupt_cache_is_replaced(evaluator, cache_dir, tmp_path, monkeypatch):
         return record
 
     monkeypatch.setattr(E.evaluator, "train_evaluator", fake_training)
-    with pytest.warns(UserWarning, match="retraining"):
+    monkeypatch.setattr(E.evaluator, "shipped_path", lambda h, w: tmp_path / "not_shipped.pt")
+    with pytest.warns(UserWarning, match="replacing it"):
         E.SyntheticEvaluator.load_or_train(H, W, cache_dir=tmp_path, progress=False)
     assert calls == [(H, W)]
     assert torch.load(bad, weights_only=True)["meta"] == record["meta"]

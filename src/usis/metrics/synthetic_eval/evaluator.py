@@ -24,7 +24,14 @@ from usis.data.synthetic import (
 from usis.errors import UsisWarning
 from usis.metrics.fid import compute_fid
 from usis.metrics.miou import ConfusionMatrix
-from usis.metrics.synthetic_eval.fit import EVAL_SEED, _net_for, cache_key, cache_path, train_evaluator
+from usis.metrics.synthetic_eval.fit import (
+    EVAL_SEED,
+    _net_for,
+    cache_key,
+    cache_path,
+    shipped_path,
+    train_evaluator,
+)
 from usis.metrics.synthetic_eval.net import EvalNet, PooledFeatures
 from usis.utils.io import atomic_write
 
@@ -86,7 +93,8 @@ class SyntheticEvaluator:
         device: str | torch.device = "cpu",
         progress: bool = True,
     ) -> SyntheticEvaluator:
-        """Load the cached evaluator for this image size, or train (about a minute on CPU) and cache it."""
+        """Load the cached evaluator for this image size; else the weights shipped with usis for it (the synthetic
+        preset's 64x128), copied into the cache; else train one (about a minute on CPU) and cache it."""
         check_size(height, width)
         path = cache_path(height, width, cache_dir)
         record = None
@@ -95,17 +103,22 @@ class SyntheticEvaluator:
                 record = torch.load(path, map_location="cpu", weights_only=True)
                 net = _net_for(record)
             except Exception as e:  # corrupt or stale file: retrain and overwrite
-                warnings.warn(f"ignoring unreadable synthetic evaluator cache {path} ({e}); retraining", UsisWarning, stacklevel=2)
+                warnings.warn(f"ignoring unreadable synthetic evaluator cache {path} ({e}); replacing it", UsisWarning, stacklevel=2)
                 record = None
         if record is None:
-            record = train_evaluator(height, width, progress=progress)
+            shipped = shipped_path(height, width)
+            if shipped.is_file():  # the weights every machine shares (see fit.SHIPPED_DIR)
+                record = torch.load(shipped, map_location="cpu", weights_only=True)
+            else:
+                record = train_evaluator(height, width, progress=progress)
             try:
                 atomic_write(path, lambda f: torch.save(record, f))
                 path.with_suffix(".ceiling.json").unlink(missing_ok=True)  # ceilings of older weights
             except OSError as e:
                 warnings.warn(
-                    f"could not cache the synthetic evaluator in {path.parent} ({e}); it will be retrained next "
-                    f"time. Set $USIS_CACHE or pass cache_dir to a writable folder.",
+                    f"could not cache the synthetic evaluator in {path.parent} ({e}); it will be "
+                    f"{'read from usis' if shipped.is_file() else 'retrained'} next time. Set $USIS_CACHE or pass "
+                    f"cache_dir to a writable folder.",
                     stacklevel=2,
                 )
                 path = None

@@ -46,6 +46,18 @@ def cache_path(height: int, width: int, cache_dir: str | os.PathLike | None = No
     return root / f"synthetic_eval_{cache_key(height, width)}.pt"
 
 
+# The evaluator's weights for the synthetic preset's size, as shipped with usis. Its fit is seeded but not
+# reproducible across machines or torch builds (float kernels differ): two fits score the same generator ~0.04 apart
+# in mIoU / ceiling, and the palette images 0.26 vs 0.36. Every machine that loads these scores alike; other sizes,
+# or a change of DATA_VERSION or ARCH_VERSION (another cache key, so no file here), fit their own.
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_path(height: int, width: int) -> Path:
+    """The shipped weights for this size and the current versions (they may not exist)."""
+    return SHIPPED_DIR / f"synthetic_eval_{cache_key(height, width)}.pt"
+
+
 def _class_weights(labels: Tensor) -> Tensor:
     """Loss weights ~ frequency ** -WEIGHT_POWER over the real classes, normalised to mean 1 and clamped at
     WEIGHT_MAX; don't-care gets 0."""
