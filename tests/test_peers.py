@@ -126,3 +126,12 @@ def test_the_report_keeps_every_seeds_figures_beside_the_table(tmp_path):
     assert "| cyclegan_cut (width 16) | 0, 1 | 0.6 +- 0.14 |" in (tmp_path / "p.md").read_text()
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved == {"scores": scores, "downstream": down} and (tmp_path / "p.png").is_file()
+
+
+def test_a_usis_row_without_its_checkpoint_is_one_message_before_any_work(tmp_path, capsys):
+    peers = _peers()
+    code = peers.main(["score", "--methods", "cut", "--work", str(tmp_path / "w"),
+                       "--usis", "usis, model.s_local=4@0=runs/x/latest.pt"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no checkpoint file '4@0=runs/x/latest.pt'" in err
+    assert "may not contain '='" in err and not (tmp_path / "w").exists()
