@@ -128,13 +128,20 @@ STUDIES: dict[str, Study] = {
                   # ... at a quarter of the image head's weight (at 1, D wins early)
                   "d_patch_q": ["model.d_patch=true", "train.lambda_d_patch=0.25"],
                   # S also learns the unpaired photos from its own confident reading (self-training, threshold 0.9)
-                  "s_pseudo": ["train.lambda_s_pseudo=1"],
-                  # S reads each pixel from its 9x9 square only (no outline or context): a class must look like
-                  # itself locally (session 19, screened at the preset's 4,500 steps: --iters 4500 --eval-every 1500)
-                  "s_local": ["model.s_local=4"]},
+                  "s_pseudo": ["train.lambda_s_pseudo=1"]},
         iters=1500,
         eval_every=500,
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",
+    ),
+    # Issue 31: candidates at the preset's own length (4,500 steps; the 1,500-step screen cannot see realism),
+    # five seeds, all scored by the shipped evaluator (session 19 on)
+    "quality_4500": Study(
+        variants={"preset": [],
+                  # S reads each pixel from its 9x9 square only (no outline or context)
+                  "s_local": ["model.s_local=4"]},
+        iters=4500,
+        eval_every=1500,
+        about="issue 31's candidates at the preset's length (4,500 steps)",
     ),
     # Issue 31, deliver 2: quality against training length and width. One run per seed to 12,000 steps (the
     # preset's learning rates are constant, so its step-k checkpoint is a k-step run's), evaluated and kept
