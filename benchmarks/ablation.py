@@ -134,7 +134,7 @@ STUDIES: dict[str, Study] = {
         about="issue 31's first screen: the per-pixel noise (grain?), G at twice the width, augmented views",
     ),
     # Issue 31: candidates at the preset's own length (4,500 steps; the 1,500-step screen cannot see realism),
-    # five seeds, all scored by the shipped evaluator (session 19 on)
+    # scored by the shipped evaluator (session 19: seeds 0-3)
     "quality_4500": Study(
         variants={"preset": [],
                   # S reads each pixel from its 9x9 square only (no outline or context)

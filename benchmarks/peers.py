@@ -516,11 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("error: --usis takes NAME=CHECKPOINT", file=sys.stderr)
         return 2
-    missing = [f"{name}={ckpt}" for name, ckpt in usis.items() if not Path(ckpt).is_file()]
+    missing = [(name, ckpt) for name, ckpt in usis.items() if not Path(ckpt).is_file()]
     if missing:  # before any work; a name is what precedes the first "=", so it cannot hold one
-        print(f"error: --usis {missing[0]!r}: no checkpoint file {usis[missing[0].split('=', 1)[0]]!r} (a row's NAME "
-              "may not contain '='; CHECKPOINT is a training checkpoint, e.g. RUN/checkpoints/latest.pt)",
-              file=sys.stderr)
+        name, ckpt = missing[0]
+        print(f"error: --usis {name + '=' + ckpt!r}: no checkpoint file {ckpt!r} (a row's NAME may not contain '='; "
+              "CHECKPOINT is a training checkpoint, e.g. RUN/checkpoints/latest.pt)", file=sys.stderr)
         return 2
     try:
         data = prepare(work, args.train_images)

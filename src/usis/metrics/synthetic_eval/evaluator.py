@@ -107,7 +107,8 @@ class SyntheticEvaluator:
                 record = None
         if record is None:
             shipped = shipped_path(height, width)
-            if shipped.is_file():  # the weights every machine shares (see fit.SHIPPED_DIR)
+            has_shipped = shipped.is_file()
+            if has_shipped:  # the weights every machine shares (see fit.SHIPPED_DIR)
                 record = torch.load(shipped, map_location="cpu", weights_only=True)
             else:
                 record = train_evaluator(height, width, progress=progress)
@@ -117,7 +118,7 @@ class SyntheticEvaluator:
             except OSError as e:
                 warnings.warn(
                     f"could not cache the synthetic evaluator in {path.parent} ({e}); it will be "
-                    f"{'read from usis' if shipped.is_file() else 'retrained'} next time. Set $USIS_CACHE or pass "
+                    f"{'read from usis' if has_shipped else 'retrained'} next time. Set $USIS_CACHE or pass "
                     f"cache_dir to a writable folder.",
                     stacklevel=2,
                 )
