@@ -138,7 +138,10 @@ STUDIES: dict[str, Study] = {
     "quality_4500": Study(
         variants={"preset": [],
                   # S reads each pixel from its 9x9 square only (no outline or context)
-                  "s_local": ["model.s_local=4"]},
+                  "s_local": ["model.s_local=4"],
+                  # D reads each image beside S's one-hot reading of it (photos and G's images alike), so it can
+                  # judge each class region's look against what photos show where S reads that class (session 20)
+                  "d_reads": ["model.d_reads=true"]},
         iters=4500,
         eval_every=1500,
         about="issue 31's candidates at the preset's length (4,500 steps)",

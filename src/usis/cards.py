@@ -34,7 +34,7 @@ GENERATORS = {"Generator": "the SPADE generator of USIS (OASIS-style, with 3D no
               "WaveletGenerator": "the wavelet generator of USIS-Wavelet (SPADE blocks in the Haar wavelet domain)"}
 # the settings a card lists under "How it was trained": what the paper's recipe and its deviations are
 RECIPE = ("model.g_type", "model.g_ch", "model.z_dim", "model.noise_3d", "model.pixel_noise", "model.class_style", "model.g_norm",
-          "model.init", "model.s_extra_channel", "model.d_type", "model.d_patch", "model.decoder", "train.batch_size", "train.iters",
+          "model.init", "model.s_extra_channel", "model.d_type", "model.d_patch", "model.d_reads", "model.decoder", "train.batch_size", "train.iters",
           "train.lr_g", "train.lr_s", "train.lr_d", "train.beta1", "train.beta2", "train.lambda_seg",
           "train.lambda_rec", "train.seg_loss", "train.lambda_rev", "train.lambda_d_patch", "train.lambda_s_pseudo", "train.r1_gamma", "train.r1_every",
           "train.r1_mode", "train.fresh_fakes", "train.d_augment", "train.s_augment", "train.ema_decay", "train.ema_warmup", "train.lr_decay_from",

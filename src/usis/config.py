@@ -97,6 +97,10 @@ class ModelConfig:
     # beyond the paper (issue 31's candidate): a second, local scale on the wavelet D, a logit per 8x8 patch
     # from its features at 1/8 of the image, its own term in the adversarial losses (usis.nn.discriminator)
     d_patch: bool = False
+    # beyond the paper (issue 31's candidate): D reads each image beside S's reading of it (the one-hot argmax of
+    # S's classes, no gradient), photos and G's images alike, so that it can judge each class region's look
+    # against what the photos show where S reads that class (usis.nn.discriminator)
+    d_reads: bool = False
     decoder: bool = True
     dec_ch: int = 256  # widest decoder layer
 
@@ -501,6 +505,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose inductor, aot_eager, eager or cudagraphs")
     if m.d_patch and m.d_type != "wavelet":
         raise ConfigError(f"model.d_patch=true with model.d_type={m.d_type}: the patch head is built on the wavelet "
+                          "discriminator only")
+    if m.d_reads and m.d_type != "wavelet":
+        raise ConfigError(f"model.d_reads=true with model.d_type={m.d_type}: S's reading enters the wavelet "
                           "discriminator only")
     if m.d_type not in ("wavelet", "whole", "patch"):
         raise ConfigError(f"model.d_type={m.d_type!r}: choose wavelet, whole or patch")

@@ -116,6 +116,13 @@ def soft_labels(logits: torch.Tensor, extra_channel: bool = False) -> torch.Tens
     return F.softmax(logits[:, 1:] if extra_channel else logits, dim=1)
 
 
+def hard_labels(logits: torch.Tensor, extra_channel: bool = False) -> torch.Tensor:
+    """The segmenter's reading as a one-hot map ``N x C x H x W``: ``1`` at ``argmax_c`` of the C classes' logits
+    (the extra channel 0 left out), ``0`` elsewhere, in the logits' dtype. Not differentiable."""
+    logits = logits[:, 1:] if extra_channel else logits
+    return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=1, keepdim=True), 1.0)
+
+
 def l1_cycle_loss(logits: torch.Tensor, labels: torch.Tensor, dontcare: int | None = 0,
                   extra_channel: bool = False) -> torch.Tensor:
     """Table 3's configuration A: CycleGAN's L1 cycle loss with respect to the one-hot label map, in place

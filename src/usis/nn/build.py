@@ -92,7 +92,8 @@ def build_networks(cfg: Config) -> Networks:
     if m.init == "reference":  # the reference's Xavier-normal (gain 0.02) for G and S, before D is drawn
         init_reference_(G)
         init_reference_(S)
-    D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch, patch=m.d_patch)
+    D = build_discriminator(m.d_type, d.height, d.width, ch=m.d_ch, max_ch=m.d_max_ch, patch=m.d_patch,
+                            reads=m.num_classes if m.d_reads else 0)
     dec = Decoder(D.feature_channels, D.feature_strides, max_ch=m.dec_ch) if m.decoder else None
     D_label = None
     if cfg.train.lambda_rev > 0:  # whole-image D on C-channel probability maps, D's widths

@@ -94,11 +94,17 @@ class WaveletDiscriminator(Pretrained):
     ``(image logits N, patch logits N x 1 x H/8 x W/8)`` (see :mod:`usis.losses` for how both are used).
     A car a few hundred pixels big is one of the whole-image head's 8,192 pixels but a patch head's dozen
     patches.
+
+    ``reads`` (``model.d_reads``; not in the paper): the number of classes of a reading ``N x reads x H x W`` (S's
+    one-hot reading of the image) that ``forward`` takes beside the image. It is averaged to the first scale's
+    resolution and a 1x1 conv adds it to that scale's features, so D judges each region's look knowing what S reads
+    there. The whole-image D alone must tell a facade-textured tree from a real one by its own means.
     """
 
     weights_name = "discriminator.safetensors"
 
-    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512, patch: bool = False):
+    def __init__(self, height: int, width: int, ch: int = 64, max_ch: int = 512, patch: bool = False,
+                 reads: int = 0):
         super().__init__()
         self.size = (height, width)
         size = 2 ** int(round(math.log2(max(height, width))))
@@ -117,14 +123,21 @@ class WaveletDiscriminator(Pretrained):
         if patch:
             c = couts[self.patch_at]
             self.patch_head = nn.Sequential(ConvLayer(c, c, 3), ConvLayer(c, 1, 1, activate=False))
+        self.reads = reads
+        self.from_reads = ConvLayer(reads, cins[0], 1) if reads else None
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
+    def forward(self, x: torch.Tensor, reads: torch.Tensor | None = None, return_features: bool = False):
         if x.shape[-2:] != self.size:
             raise ValueError(f"discriminator built for {self.size}, got images of {tuple(x.shape[-2:])}")
+        if (reads is None) != (self.from_reads is None):
+            raise ValueError(f"discriminator built for {'a' if self.reads else 'no'} reading beside the image "
+                             f"(model.d_reads), called with{'out' if reads is None else ''} one")
         coeffs, out = dwt(x), None
         feats = []
-        for from_w, block in zip(self.from_wavelets, self.blocks, strict=True):
+        for k, (from_w, block) in enumerate(zip(self.from_wavelets, self.blocks, strict=True)):
             coeffs, out = from_w(coeffs, out)
+            if k == 0 and reads is not None:  # S's reading, at the first scale's resolution
+                out = out + self.from_reads(F.avg_pool2d(reads.to(out.dtype), 2))
             out = block(out)
             feats.append(out)
         _, out = self.from_last(coeffs, out)
@@ -260,11 +273,12 @@ class Decoder(Pretrained):
 
 
 def build_discriminator(kind: str, height: int, width: int, ch: int = 64, max_ch: int = 512,
-                        patch: bool = False) -> nn.Module:
-    if patch and kind != "wavelet":
-        raise ValueError("a patch head (model.d_patch) is built on the wavelet discriminator only")
+                        patch: bool = False, reads: int = 0) -> nn.Module:
+    if (patch or reads) and kind != "wavelet":
+        raise ValueError("a patch head (model.d_patch) or S's reading (model.d_reads) is built on the wavelet "
+                         "discriminator only")
     if kind == "wavelet":
-        return WaveletDiscriminator(height, width, ch, max_ch, patch=patch)
+        return WaveletDiscriminator(height, width, ch, max_ch, patch=patch, reads=reads)
     if kind == "whole":
         return WholeDiscriminator(height, width, ch, max_ch)
     if kind == "patch":

@@ -26,6 +26,9 @@ a differentiable augmentation ``T`` (DiffAugment: ``D(x)`` above is ``D(T(x))``,
 and G learns through ``T``); with ``train.s_augment`` S reads G's images through one (``S(T(G(m, z)))``, in
 both phases that share the seg term).
 
+With ``model.d_reads`` D reads each image beside S's reading of it: ``D(x)`` above is ``D(x, R(x))``, ``R`` the
+one-hot argmax of S's classes, made without a gradient and without changing S, for photos and G's images alike.
+
 ``L_seg`` is the class-balanced cross entropy (Eq. 3, 4); Table 3's ablations are options:
 ``train.seg_loss=l1`` makes it CycleGAN's L1 cycle loss, and ``train.lambda_rev > 0`` adds the reverse cycle
 x -> S -> G -> x:
@@ -45,6 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -53,6 +58,7 @@ from usis.losses import (
     as_float,
     d_logistic_loss,
     g_nonsaturating_loss,
+    hard_labels,
     heads,
     l1_reconstruction,
     pseudo_label_ce,
@@ -103,6 +109,7 @@ class USISPhases:
         self.ema_nets = ema_nets if ema_nets is not None else nets
         self.dontcare = dontcare
         self.extra_channel = cfg.model.s_extra_channel
+        self.d_reads = cfg.model.d_reads
         self.reverse = cfg.train.lambda_rev > 0
         # D's heads' weights in the adversarial losses and R1 (model.d_patch: the image's 1, the patches' weight)
         self.d_weights = (1.0, cfg.train.lambda_d_patch) if cfg.model.d_patch else None
@@ -127,6 +134,21 @@ class USISPhases:
         """G's images as S reads them in the seg term: through ``train.s_augment``, or as they are."""
         return augment(images, self.s_policy)
 
+    def reading(self, images: Tensor) -> Tensor:
+        """S's reading of ``images`` as D takes it beside them (``model.d_reads``): the one-hot argmax of S's classes.
+        No gradient reaches S or the images through it. S is read as the step found it (the module itself, in eval
+        mode: its spectral norm runs no power iteration, and an update of S that is pending is not applied first),
+        so G's images and the photos are read by the same S in every phase."""
+        S = getattr(self.nets.S, "module", self.nets.S)
+        with torch.no_grad(), _eval_mode(S):
+            return hard_labels(S(images).float(), self.extra_channel)
+
+    def judge(self, view: Tensor, return_features: bool = False):
+        """D on images as D sees them (``view``: from :meth:`d_view`), beside S's reading of that view with
+        ``model.d_reads``."""
+        args = (self.reading(view),) if self.d_reads else ()
+        return self.nets.D(view, *args, **({"return_features": True} if return_features else {}))
+
     # ---------------------------------------------------------------------------------------- a term
 
     def seg(self, images: Tensor, labels: Tensor) -> Tensor:
@@ -141,10 +163,10 @@ class USISPhases:
         """G: ``lambda_seg * L_seg(S(G(m, z)), m) + L_adv(D(G(m, z)))``: fool D, and keep every class
         recognisable for S (and with labelled ``pairs`` and ``lambda_labelled_rec``: paint their photos from their
         maps). Returns G's images (the fakes S and D learn from) and G's loss."""
-        G, D = self.nets.G, self.nets.D
+        G = self.nets.G
         fake = G(m)
         terms = {"seg": (self.t.lambda_seg, self.seg(fake, labels)),
-                 "adv": (1.0, g_nonsaturating_loss(as_float(D(self.d_view(fake))), self.d_weights))}
+                 "adv": (1.0, g_nonsaturating_loss(as_float(self.judge(self.d_view(fake))), self.d_weights))}
         if pairs is not None and self.t.lambda_labelled_rec > 0:
             terms["labelled_rec"] = (self.t.lambda_labelled_rec, l1_reconstruction(G(pairs.m).float(), pairs.photos))
         if self.reverse:  # rebuild the photo from S's reading of it (S held fixed: no gradient reaches it)
@@ -180,10 +202,10 @@ class USISPhases:
     def discriminator(self, photos: Tensor, fake: Tensor) -> Loss:
         """D (with the decoder): ``L_adv_D(D(x), D(fake)) + lambda_rec * L1(Dec(D_feat(x)), x)``: tell photos
         from G's images, and keep in its features what rebuilds the photo."""
-        D, dec = self.nets.D, self.nets.decoder
+        dec = self.nets.decoder
         photos = self.d_view(photos)
-        real_logits, feats = D(photos, return_features=True)
-        fake_logits = D(self.d_view(fake))
+        real_logits, feats = self.judge(photos, return_features=True)
+        fake_logits = self.judge(self.d_view(fake))
         terms = {"adv": (1.0, d_logistic_loss(as_float(real_logits), as_float(fake_logits), self.d_weights))}
         if dec is not None:
             terms["rec"] = (self.t.lambda_rec, l1_reconstruction(dec(feats).float(), photos))
@@ -195,8 +217,7 @@ class USISPhases:
         ``r1_gamma`` as in the reference (``train.r1_mode=reference``), by ``r1_gamma / 2`` as in StyleGAN2
         (``fused``)."""
         gamma = self.t.r1_gamma if self.t.r1_mode == "reference" else self.t.r1_gamma / 2
-        return Loss({"r1": (gamma, r1_penalty(as_float(self.nets.D(self.d_view(photos))), photos,
-                                                   self.d_weights))})
+        return Loss({"r1": (gamma, r1_penalty(as_float(self.judge(self.d_view(photos))), photos, self.d_weights))})
 
     def label_discriminator(self, m: Tensor, read: Tensor) -> Loss:
         """D_label (reverse cycle): tell the label stream's maps from S's readings of photos."""
@@ -207,3 +228,14 @@ class USISPhases:
         """G_ema: the exponential moving average of G's weights (``train.ema_decay``, with the warm-up of
         ``train.ema_warmup``); its buffers are copied."""
         update_ema(self.ema_nets.G_ema, self.ema_nets.G, self.t.ema_decay, step, self.t.ema_warmup)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode for the block."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)

@@ -153,6 +153,9 @@ class _ScheduledPhases(USISPhases):
     def d_view(self, images: Tensor) -> Tensor:
         return self.schedule.view(super().d_view, images)
 
+    def reading(self, images: Tensor) -> Tensor:
+        return self.schedule.reading(super().reading, images)
+
 
 class Schedule:
     """Runs the phases of an iteration (:meth:`step`) for the networks ``nets`` (a
@@ -184,6 +187,7 @@ class Schedule:
         self.keep_inputs: set[tuple[str, int]] = set()
         self._seg_terms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self._views: dict[int, tuple[Tensor, Tensor]] = {}  # id(images) -> images, D's view of them
+        self._reads: dict[int, tuple[Tensor, Tensor]] = {}  # id(view) -> view, S's reading of it (model.d_reads)
         self._checked: dict[tuple[str, ...], bool] = {}
 
     # ------------------------------------------------------------------------------------ the iteration
@@ -284,6 +288,7 @@ class Schedule:
         self.keep_inputs.clear()
         self._seg_terms.clear()
         self._views.clear()
+        self._reads.clear()
 
     @torch.no_grad()
     def _new_fake(self, m: Tensor) -> Tensor:
@@ -342,6 +347,13 @@ class Schedule:
         if id(images) not in self._views:
             self._views[id(images)] = (images, d_view(images))  # the input kept: its id stays its own
         return self._views[id(images)][1]
+
+    def reading(self, read, images: Tensor) -> Tensor:
+        """``read(images)`` (S's reading of D's view, ``model.d_reads``) once per step for the same images: G's and
+        D's phases judge G's images beside one reading, D's and R1's phases the photos."""
+        if id(images) not in self._reads:
+            self._reads[id(images)] = (images, read(images))  # the input kept: its id stays its own
+        return self._reads[id(images)][1]
 
     def from_grad_leaf(self, x: Tensor) -> bool:
         """Whether ``x`` is a leaf that requires grad (R1's photos) or D's view of one: a forward on it is
