@@ -84,6 +84,8 @@ def test_bad_values_are_config_errors():
         validate(tiny_cfg("train.lambda_s_pseudo=1", "train.s_pseudo_threshold=0"))
     with pytest.raises(ConfigError, match="model.d_patch=true with model.d_type=whole"):
         validate(tiny_cfg("model.d_patch=true", "model.d_type=whole"))
+    with pytest.raises(ConfigError, match="model.d_reads=true with model.d_type=patch"):
+        validate(tiny_cfg("model.d_reads=true", "model.d_type=patch"))
 
 
 def test_periodic_msssim_is_one_without_noise_and_lower_with_it(tmp_path, monkeypatch):

@@ -94,3 +94,16 @@ def test_r1_equals_analytic_gradient_norm_of_quadratic_discriminator():
 
 def test_l1_reconstruction():
     assert l1_reconstruction(torch.ones(1, 3, 2, 2), -torch.ones(1, 3, 2, 2)).item() == pytest.approx(2.0)
+
+
+def test_hard_labels_is_the_one_hot_argmax_of_the_classes():
+    from usis.losses import hard_labels
+
+    logits = torch.randn(2, 4, 6, 5)
+    out = hard_labels(logits)
+    assert out.shape == logits.shape and torch.equal(out.sum(1), torch.ones(2, 6, 5))
+    assert torch.equal(out.argmax(1), logits.argmax(1))
+    # the extra channel 0 (never a class) is left out, even where it is the largest
+    logits[:, 0] = 100.0
+    out = hard_labels(logits, extra_channel=True)
+    assert out.shape == (2, 3, 6, 5) and torch.equal(out.argmax(1), logits[:, 1:].argmax(1))

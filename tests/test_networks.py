@@ -319,3 +319,31 @@ def test_the_patch_head_is_a_second_scale_and_leaves_the_image_head_as_it_was():
     z = x.detach().clone()
     z[..., :, 96:] += 1.0
     assert torch.equal(two(z)[1][..., :, :6], patches.detach()[..., :, :6])
+
+
+def test_d_reads_s_reading_beside_the_image():
+    """model.d_reads: D takes S's one-hot reading beside the image; the reading changes the logits, the image head's
+    layers are those of the plain D (drawn first), and a D built for a reading refuses a call without one (and the
+    plain D one with)."""
+    from usis.losses import hard_labels
+    from usis.nn.discriminator import WaveletDiscriminator
+
+    torch.manual_seed(0)
+    plain = WaveletDiscriminator(64, 128, ch=8, max_ch=16)
+    torch.manual_seed(0)
+    reads = WaveletDiscriminator(64, 128, ch=8, max_ch=16, reads=5)
+    assert set(reads.state_dict()) - set(plain.state_dict()) == {k for k in reads.state_dict() if "from_reads" in k}
+    x = torch.randn(2, 3, 64, 128)
+    r = hard_labels(torch.randn(2, 5, 64, 128))
+    other = hard_labels(torch.randn(2, 5, 64, 128))
+    assert not torch.allclose(reads(x, r), reads(x, other))
+    with torch.no_grad():  # with the reading's layer at zero, D is the plain D
+        for p in reads.from_reads.parameters():
+            p.zero_()
+    torch.testing.assert_close(reads(x, r), plain(x))
+    logits, feats = reads(x, r, return_features=True)
+    assert logits.shape == (2,) and len(feats) == len(plain.feature_channels)
+    with pytest.raises(ValueError, match="built for a reading .* called without one"):
+        reads(x)
+    with pytest.raises(ValueError, match="built for no reading .* called with one"):
+        plain(x, r)

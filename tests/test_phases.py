@@ -13,6 +13,7 @@ from conftest import tiny_cfg
 from usis.losses import (
     d_logistic_loss,
     g_nonsaturating_loss,
+    hard_labels,
     l1_reconstruction,
     pseudo_label_ce,
     r1_penalty,
@@ -32,6 +33,11 @@ CASES = {
     # a D with two heads (model.d_patch): the image's logit and one per patch, each its own adversarial term, the
     # patch head's weighted (train.lambda_d_patch; at 1 the plain sum, pinned in test_networks)
     "a second D scale": ["train.lambda_seg=2.5", "model.d_patch=true", "train.lambda_d_patch=0.3"],
+    # model.d_reads: D judges every image beside S's one-hot reading of it, made by S as the step found it (the
+    # photos' in D's phase too, after S's backward), with no gradient to S or to the images through it. The
+    # decoder's L1 off here: its sign flips where the schedule's order of float sums moves a pixel across it (seen
+    # at seed 7's second step, 4e-3 of the decoder's gradient; without it D's gradient is bit for bit the written one)
+    "D reads S's reading": ["train.lambda_seg=2.5", "model.d_reads=true", "train.lambda_rec=0"],
     # data.labelled: S's own term on labelled photos, G's L1 to them (the views off: deterministic)
     # train.lambda_s_pseudo: S also learns the unpaired photos from its own confident reading (a low threshold:
     # the tiny S at its start reads some pixels confidently)
@@ -91,9 +97,16 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
         return segmentation_loss(t.seg_loss, S(s_view(images)).float(), labels, dontcare,
                                  cfg.model.s_extra_channel)
 
+    def judge(x, **kw):  # D, beside S's reading of x with model.d_reads
+        if not cfg.model.d_reads:
+            return D(x, **kw)
+        with torch.no_grad():
+            read = hard_labels(S(x).float(), cfg.model.s_extra_channel)
+        return D(x, read, **kw)
+
     seg_fake = seg(fake)
     w = (1.0, t.lambda_d_patch) if cfg.model.d_patch else None  # D's heads' weights
-    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(D(d_view(fake)), w) + (0.5 * seg_fake ** 2 if seg_sq else 0)
+    loss_g = t.lambda_seg * seg_fake + g_nonsaturating_loss(judge(d_view(fake)), w) + (0.5 * seg_fake ** 2 if seg_sq else 0)
     loss_g = loss_g + rec
     f = fake.detach()
     loss_s = seg(f) + (L2_WEIGHT * S(f).float().pow(2).mean() if with_l2 else 0)
@@ -106,8 +119,8 @@ def written_gradients(nets, cfg, labels, photos, it, with_l2=True, seg_sq=False,
     r1 = t.r1_every > 0 and it % t.r1_every == 0
     real = photos.detach().requires_grad_(r1)
     seen = d_view(real)
-    real_logits, feats = D(seen, return_features=True)
-    loss_d = d_logistic_loss(real_logits, D(d_view(f)), w) + t.lambda_rec * l1_reconstruction(dec(feats), seen)
+    real_logits, feats = judge(seen, return_features=True)
+    loss_d = d_logistic_loss(real_logits, judge(d_view(f)), w) + t.lambda_rec * l1_reconstruction(dec(feats), seen)
     if r1:  # the synthetic preset's fused R1: gamma / 2 * R1, weighted by the interval
         loss_d = loss_d + t.r1_gamma / 2 * r1_penalty(real_logits, real, w) * t.r1_every
     grads = {}
@@ -252,3 +265,26 @@ def test_the_phases_say_what_is_learned_and_nothing_of_how():
     code = re.sub(r'""".*?"""', "", code, flags=re.DOTALL)  # docstrings may name them
     for word in ("optim", "average", "autocast", "requires_grad", "backward", "dist"):
         assert word not in code, f"phases.py mentions {word!r}"
+
+
+def test_s_reading_for_d_leaves_s_as_it_was():
+    """model.d_reads: the reading is the argmax of S's classes, made without a gradient and without a power
+    iteration of S's spectral norm (S read in eval mode, and left in the mode it was in)."""
+    from usis.nn.build import build_networks
+
+    cfg = tiny_cfg("model.d_reads=true")
+    nets = build_networks(cfg)
+    phases = USISPhases(cfg, nets, dontcare=0)
+    before = {k: v.clone() for k, v in nets.S.state_dict().items()}
+    x = torch.rand(2, 3, cfg.data.height, cfg.data.width, requires_grad=True) * 2 - 1
+    read = phases.reading(x)
+    assert nets.S.training and not read.requires_grad
+    assert all(torch.equal(v, nets.S.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        logits = nets.S.eval()(x)
+    nets.S.train()
+    classes = logits[:, 1:] if cfg.model.s_extra_channel else logits
+    assert torch.equal(read.argmax(1), classes.argmax(1)) and read.shape[1] == cfg.model.num_classes
+    # with S in training mode its spectral norm would have moved (the reading must not)
+    nets.S(x)
+    assert not all(torch.equal(v, nets.S.state_dict()[k]) for k, v in before.items())

@@ -45,10 +45,9 @@ network's own parameters; it may compute a forward or the ``seg`` term once for 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
-import contextlib
 
 import torch
 from torch import Tensor
