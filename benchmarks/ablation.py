@@ -384,9 +384,26 @@ def report(study_name: str, study: Study, out: Path, variants: list[str], seeds:
     return "\n\n".join(texts)
 
 
+def committed_runs(report_dir: Path, study_name: str) -> dict[str, dict[int, dict[int, dict]]]:
+    """The runs an earlier report kept (``<study>_runs.json`` in ``report_dir``), as :func:`collect` returns
+    them; nothing if there is none."""
+    path = report_dir / f"{study_name}_runs.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {v: {int(s): {int(rec["step"]): rec for rec in recs} for s, recs in r.items()} for v, r in saved.items()}
+
+
 def _report(study_name: str, about: str, study: Study, out: Path, variants: list[str], seeds: list[int],
             report_dir: Path) -> str:
     runs = collect(out, variants, seeds)
+    kept = committed_runs(report_dir, study_name)
+    # a (variant, seed) whose run folder is gone (folders are scratch) keeps the evaluations a report kept of it
+    for v, r in kept.items():
+        if v in runs:
+            for s, rec in r.items():
+                if s in seeds and not runs[v].get(s):
+                    runs[v][s] = rec
     runs = {v: r for v, r in runs.items() if r}
     if not runs:
         return "(no finished evaluations yet)"
@@ -408,8 +425,12 @@ def _report(study_name: str, about: str, study: Study, out: Path, variants: list
     (report_dir / f"{study_name}.json").write_text(json.dumps(
         {v: {m: {str(s): list(t) for s, t in d.items()} for m, d in agg[v].items()} for v in agg}, indent=1))
     # every run's evaluations as they were: the run folders are scratch, this is what a later seed is added to
+    # (and those an earlier report kept that this one does not use: other variants or seeds)
+    every = {v: dict(r) for v, r in kept.items()}
+    for v, r in runs.items():
+        every.setdefault(v, {}).update(r)
     (report_dir / f"{study_name}_runs.json").write_text(json.dumps(
-        {v: {str(s): [rec[k] for k in sorted(rec)] for s, rec in r.items()} for v, r in runs.items()}))
+        {v: {str(s): [rec[k] for k in sorted(rec)] for s, rec in sorted(r.items())} for v, r in every.items()}))
     return text
 
 

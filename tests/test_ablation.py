@@ -76,6 +76,17 @@ def test_the_report_keeps_every_runs_evaluations(ablation, tmp_path):
     ablation.report("t", study, out, ["a"], [0, 1], tmp_path)
     saved = json.loads((tmp_path / "t_runs.json").read_text())
     assert saved == {"a": {"1": [_rec(0, 8, 4.0), _rec(100, 40, 1.0)]}}
+    # a later report, the run folder gone, a new seed beside it: the kept seed is reported with the new one
+    (out / "a" / "seed1" / "metrics.jsonl").unlink()
+    _write_run(out / "a" / "seed0", [_rec(0, 8, 4.0), _rec(100, 48, 1.0)])
+    text = ablation.report("t", study, out, ["a"], [0, 1], tmp_path)
+    saved = json.loads((tmp_path / "t_runs.json").read_text())
+    assert set(saved["a"]) == {"0", "1"} and saved["a"]["1"][1]["miou"] == 40
+    assert "| a | 2 | 0.550 +- 0.071 |" in text
+    # a seed not asked for is left out of the table, not out of what is kept
+    text = ablation.report("t", study, out, ["a"], [0], tmp_path)
+    assert "| a | 1 | 0.600 +- 0.000 |" in text
+    assert set(json.loads((tmp_path / "t_runs.json").read_text())["a"]) == {"0", "1"}
 
 
 def test_every_study_variant_is_a_valid_config(ablation):
