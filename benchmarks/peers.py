@@ -293,14 +293,10 @@ def usis_images(checkpoint: str, labels: torch.Tensor) -> torch.Tensor:
 def usis_diversity(checkpoint: str, labels: torch.Tensor) -> float:
     """MS-SSIM between samples, as the periodic evaluation measures it (its maps, samples per map and seeds)."""
     from usis.generate import generate_images, load_generator
-    from usis.metrics.diversity import msssim_diversity
-    from usis.metrics.periodic import MSSSIM_MAPS, MSSSIM_SAMPLES
-    from usis.metrics.synthetic_eval.fit import EVAL_SEED
+    from usis.metrics.periodic import MSSSIM_MAPS, msssim_with
 
     G = load_generator(checkpoint).G
-    seeds = iter(range(EVAL_SEED + 100_000, EVAL_SEED + 100_000 + MSSSIM_MAPS * MSSSIM_SAMPLES))
-    return msssim_diversity(lambda b: generate_images(G, b, [next(seeds) for _ in range(len(b))]),
-                            labels[:MSSSIM_MAPS], n_samples=MSSSIM_SAMPLES, batch_size=MSSSIM_SAMPLES)
+    return msssim_with(lambda batch, seeds: generate_images(G, batch, seeds), labels[:MSSSIM_MAPS])
 
 
 def score_all(work: Path, methods: list[str], seeds: list[int], width: int, usis: dict[str, str]) -> dict:

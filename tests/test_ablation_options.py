@@ -89,15 +89,25 @@ def test_bad_values_are_config_errors():
 
 
 def test_periodic_msssim_is_one_without_noise_and_lower_with_it(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
     from usis.metrics import periodic
 
     monkeypatch.setattr(periodic, "MSSSIM_MAPS", 2)
     monkeypatch.setattr(periodic, "MSSSIM_SAMPLES", 3)
-    scores = {}
+    scores, trainers = {}, {}
     for name, extra in {"noise": [], "none": ["model.noise_3d=false", "model.pixel_noise=0"]}.items():
-        tr = Trainer(tiny_cfg(*extra), tmp_path / name, progress=False)
+        tr = trainers[name] = Trainer(tiny_cfg(*extra), tmp_path / name, progress=False)
         tr.fit(2, eval_at_start=False)
         labels = torch.stack([tr.val_data.labels[i]["label"] for i in range(2)])
         scores[name] = periodic.msssim_of(tr, labels)
     assert scores["none"] == pytest.approx(1.0, abs=1e-5)  # a deterministic generator: identical images
     assert scores["noise"] < 0.999
+    # benchmarks/peers.py scores a saved checkpoint by the same protocol: the figure its training run logged
+    spec = importlib.util.spec_from_file_location(
+        "peers_for_msssim", Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    ckpt = trainers["noise"].save()
+    assert peers.usis_diversity(str(ckpt), labels) == pytest.approx(scores["noise"], abs=1e-6)

@@ -54,13 +54,16 @@ MSSSIM_MAPS, MSSSIM_SAMPLES = 10, 20  # the paper's 20 images per label map; its
 def msssim_of(trainer, labels) -> float:
     """MS-SSIM diversity (:mod:`usis.metrics.diversity`) of the trainer's EMA generator: ``MSSSIM_SAMPLES``
     images per label map with their own fixed seeds (the same at every evaluation)."""
+    return msssim_with(lambda batch, seeds: trainer.generate(batch, seeds, batch_size=MSSSIM_SAMPLES), labels)
+
+
+def msssim_with(generate: Callable[[Any, list[int]], Any], labels) -> float:
+    """The periodic evaluation's MS-SSIM protocol for any generator: ``generate(label_batch, seeds)`` makes one
+    image per map with those noise seeds; each map gets ``MSSSIM_SAMPLES`` seeds of its own, the same every time
+    (so a checkpoint scored later, e.g. by benchmarks/peers.py, gets the figure its training run logged)."""
     seeds = iter(range(EVAL_SEED + 100_000, EVAL_SEED + 100_000 + len(labels) * MSSSIM_SAMPLES))
-
-    def generate(batch):
-        return trainer.generate(batch, [next(seeds) for _ in range(len(batch))], batch_size=MSSSIM_SAMPLES)
-
-    return msssim_diversity(generate, labels, n_samples=MSSSIM_SAMPLES, batch_size=MSSSIM_SAMPLES)
-
+    return msssim_diversity(lambda batch: generate(batch, [next(seeds) for _ in range(len(batch))]), labels,
+                            n_samples=MSSSIM_SAMPLES, batch_size=MSSSIM_SAMPLES)
 
 
 def make_fid_evaluator(cfg: Config, val) -> Callable[[Any], dict[str, float]] | None:
