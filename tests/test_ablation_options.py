@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_identical, tiny_cfg, whole_and_resumed
+from conftest import assert_identical, load_benchmark, tiny_cfg, whole_and_resumed
 
 from usis.losses import class_balanced_ce, l1_cycle_loss, segmentation_loss, soft_labels
 from usis.train.trainer import Trainer
@@ -89,9 +89,6 @@ def test_bad_values_are_config_errors():
 
 
 def test_periodic_msssim_is_one_without_noise_and_lower_with_it(tmp_path, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
     from usis.metrics import periodic
 
     monkeypatch.setattr(periodic, "MSSSIM_MAPS", 2)
@@ -105,9 +102,6 @@ def test_periodic_msssim_is_one_without_noise_and_lower_with_it(tmp_path, monkey
     assert scores["none"] == pytest.approx(1.0, abs=1e-5)  # a deterministic generator: identical images
     assert scores["noise"] < 0.999
     # benchmarks/peers.py scores a saved checkpoint by the same protocol: the figure its training run logged
-    spec = importlib.util.spec_from_file_location(
-        "peers_for_msssim", Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py")
-    peers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peers)
+    peers = load_benchmark("peers")
     ckpt = trainers["noise"].save()
     assert peers.usis_diversity(str(ckpt), labels) == pytest.approx(scores["noise"], abs=1e-6)

@@ -123,14 +123,13 @@ class WaveletDiscriminator(Pretrained):
         if patch:
             c = couts[self.patch_at]
             self.patch_head = nn.Sequential(ConvLayer(c, c, 3), ConvLayer(c, 1, 1, activate=False))
-        self.reads = reads
         self.from_reads = ConvLayer(reads, cins[0], 1) if reads else None
 
     def forward(self, x: torch.Tensor, reads: torch.Tensor | None = None, return_features: bool = False):
         if x.shape[-2:] != self.size:
             raise ValueError(f"discriminator built for {self.size}, got images of {tuple(x.shape[-2:])}")
         if (reads is None) != (self.from_reads is None):
-            raise ValueError(f"discriminator built for {'a' if self.reads else 'no'} reading beside the image "
+            raise ValueError(f"discriminator built for {'no' if self.from_reads is None else 'a'} reading beside the image "
                              f"(model.d_reads), called with{'out' if reads is None else ''} one")
         coeffs, out = dwt(x), None
         feats = []

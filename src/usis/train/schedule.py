@@ -344,16 +344,20 @@ class Schedule:
     def view(self, d_view, images: Tensor) -> Tensor:
         """``d_view(images)`` once per step for the same images: G's and D's phases see one draw of the
         augmentation on G's images when they share D's forward, and D's and R1's phases one draw on the photos."""
-        if id(images) not in self._views:
-            self._views[id(images)] = (images, d_view(images))  # the input kept: its id stays its own
-        return self._views[id(images)][1]
+        return self._once(self._views, d_view, images)
 
     def reading(self, read, images: Tensor) -> Tensor:
         """``read(images)`` (S's reading of D's view, ``model.d_reads``) once per step for the same images: G's and
         D's phases judge G's images beside one reading, D's and R1's phases the photos."""
-        if id(images) not in self._reads:
-            self._reads[id(images)] = (images, read(images))  # the input kept: its id stays its own
-        return self._reads[id(images)][1]
+        return self._once(self._reads, read, images)
+
+    @staticmethod
+    def _once(cache: dict[int, tuple[Tensor, Tensor]], fn, images: Tensor) -> Tensor:
+        """``fn(images)``, computed on the first call of the step for these images and kept in ``cache`` (with
+        the images: their id stays their own while the entry lives)."""
+        if id(images) not in cache:
+            cache[id(images)] = (images, fn(images))
+        return cache[id(images)][1]
 
     def from_grad_leaf(self, x: Tensor) -> bool:
         """Whether ``x`` is a leaf that requires grad (R1's photos) or D's view of one: a forward on it is
